@@ -59,8 +59,8 @@ class KVCache:
   @classmethod
   def init(cls, batch: int, capacity: int, num_kv_heads: int, head_dim: int,
            dtype=jnp.float32) -> KVCache:
-    z = jnp.zeros((batch, capacity, num_kv_heads, head_dim), dtype)
-    return cls(z, z, jnp.zeros((), jnp.int32))
+    shape = (batch, capacity, num_kv_heads, head_dim)
+    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((), jnp.int32))
 
 
 class Attention(nnx.Module):

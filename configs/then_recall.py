@@ -1,0 +1,28 @@
+"""THEN live memory on multi-segment associative recall, on a 2-core CPU.
+
+  python experiments/train.py --config=configs/then_recall.py --workdir=/tmp/then
+
+16 key-value pairs in segment 0, a filler segment, 16 queries in segment 2: the
+model sees one 32-token segment at a time, so every answer comes from the traces.
+Measured: see README.md (results table) -- filled in from the last run.
+"""
+import ml_collections
+
+from memjax import config as cfg
+from memjax.data.recall import AssocRecall
+from memjax.models import then
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = then.defaults()
+  c.task = AssocRecall.defaults()
+  c.train = cfg.train_defaults()
+  c.train.update(steps=1500, batch_size=32, lr=3e-3, warmup_steps=100, log_every=50,
+                 steps_per_call=10, checkpoint_every=500, eval_batches=8, eval_batch_size=64)
+  if arg == "tiny":  # for tests: compiles and runs in seconds
+    c.model.update(dim=32, layers=1, heads=2, kv_heads=2, capacity=16)
+    c.task.update(segment_len=8, num_pairs=4, num_queries=4, num_keys=8, num_values=8, num_filler=8)
+    c.train.update(steps=20, batch_size=8, warmup_steps=2, log_every=10, steps_per_call=5,
+                   checkpoint_every=10, eval_batches=2, eval_batch_size=8, tensorboard=False)
+  return c

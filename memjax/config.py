@@ -1,0 +1,87 @@
+"""Config validation shared by every experiment: one-line errors naming the field."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config value is wrong; the message starts with the dotted field name."""
+
+
+def get(config: ml_collections.ConfigDict, field: str, default: Any = ...) -> Any:
+  node = config
+  for part in field.split("."):
+    if part not in node:
+      if default is ...:
+        raise ConfigError(f"{field}: missing")
+      return default
+    node = node[part]
+  return node
+
+
+def require(cond: bool, field: str, message: str) -> None:
+  if not cond:
+    raise ConfigError(f"{field}: {message}")
+
+
+def positive(config, *fields: str) -> None:
+  for f in fields:
+    v = get(config, f)
+    require(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, f,
+            f"must be positive, got {v!r}")
+
+
+def non_negative(config, *fields: str) -> None:
+  for f in fields:
+    v = get(config, f)
+    require(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, f,
+            f"must be >= 0, got {v!r}")
+
+
+def one_of(config, field: str, choices: Iterable[str]) -> None:
+  v = get(config, field)
+  choices = sorted(choices)
+  require(v in choices, field, f"unknown value {v!r}; choose one of {choices}")
+
+
+def divides(config, small: str, big: str) -> None:
+  a, b = get(config, small), get(config, big)
+  require(b % a == 0, small, f"{a} does not divide {big}={b}")
+
+
+def validate_train(config) -> None:
+  """The `train` section every experiment shares."""
+  positive(config, "train.steps", "train.batch_size", "train.lr", "train.log_every",
+           "train.eval_batches", "train.steps_per_call")
+  non_negative(config, "train.warmup_steps", "train.weight_decay", "train.clip_norm",
+               "train.checkpoint_every", "train.seed")
+  require(get(config, "train.warmup_steps") <= get(config, "train.steps"), "train.warmup_steps",
+          "must not exceed train.steps")
+  divides(config, "train.steps_per_call", "train.steps")
+  ckpt = get(config, "train.checkpoint_every")
+  require(ckpt == 0 or ckpt % get(config, "train.steps_per_call") == 0, "train.checkpoint_every",
+          "must be a multiple of train.steps_per_call (or 0 for no checkpoints)")
+  mesh = get(config, "train.data_parallel", 1)
+  require(isinstance(mesh, int) and mesh >= 1, "train.data_parallel", f"must be >= 1, got {mesh!r}")
+
+
+def train_defaults() -> ml_collections.ConfigDict:
+  """The shared `train` section with defaults; configs override what they need."""
+  return ml_collections.ConfigDict(dict(
+      steps=1000,
+      batch_size=32,
+      lr=3e-3,
+      warmup_steps=100,
+      weight_decay=0.0,
+      clip_norm=1.0,
+      seed=0,
+      log_every=50,
+      steps_per_call=10,       # optimizer steps scanned inside one jitted call
+      checkpoint_every=500,    # 0: never
+      keep_checkpoints=2,
+      eval_batches=8,
+      eval_batch_size=64,
+      data_parallel=1,         # devices on the mesh `data` axis
+  ))

@@ -1,0 +1,111 @@
+"""THEN memory traces: a fixed-capacity ring buffer of attention keys/values per layer.
+
+The buffer is bounded (unlike an ever-growing list of past states): writing S
+entries at the cursor overwrites the oldest ones. It is an explicit pytree,
+passed into the model and returned, never hidden in a module.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@flax.struct.dataclass
+class TraceMemory:
+  keys_BxLxCxKxD: jax.Array      # L layers, C capacity, K kv heads, D head dim
+  values_BxLxCxKxD: jax.Array
+  valid_BxC: jax.Array           # bool: slot holds a trace
+  cursor_B: jax.Array            # int32: next slot to write
+
+  @property
+  def capacity(self) -> int:
+    return self.valid_BxC.shape[1]
+
+
+def init(batch: int, layers: int, capacity: int, kv_heads: int, head_dim: int,
+         dtype=jnp.float32) -> TraceMemory:
+  shape = (batch, layers, capacity, kv_heads, head_dim)
+  return TraceMemory(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
+                     jnp.zeros((batch, capacity), bool), jnp.zeros((batch,), jnp.int32))
+
+
+def write(mem: TraceMemory, keys_BxLxSxKxD: jax.Array, values_BxLxSxKxD: jax.Array,
+          write_B: jax.Array | None = None) -> TraceMemory:
+  """Appends S traces per row at the cursor (ring buffer). Rows with write_B False are untouched
+  (incognito queries). If S exceeds the capacity only the last C traces are kept."""
+  c = mem.capacity
+  s = keys_BxLxSxKxD.shape[2]
+  if s > c:
+    keys_BxLxSxKxD, values_BxLxSxKxD = keys_BxLxSxKxD[:, :, -c:], values_BxLxSxKxD[:, :, -c:]
+    mem = mem.replace(cursor_B=mem.cursor_B + (s - c))
+    s = c
+  slots_BxS = (mem.cursor_B[:, None] + jnp.arange(s)) % c
+  onehot_BxSxC = jax.nn.one_hot(slots_BxS, c, dtype=keys_BxLxSxKxD.dtype)
+  hit_BxC = onehot_BxSxC.sum(1) > 0
+  if write_B is not None:
+    hit_BxC &= write_B[:, None]
+  # One-hot placement instead of scatter: differentiable, and vectorises on every backend.
+  new_k = jnp.einsum("bsc,blskd->blckd", onehot_BxSxC, keys_BxLxSxKxD.astype(mem.keys_BxLxCxKxD.dtype))
+  new_v = jnp.einsum("bsc,blskd->blckd", onehot_BxSxC, values_BxLxSxKxD.astype(mem.values_BxLxCxKxD.dtype))
+  sel = hit_BxC[:, None, :, None, None]
+  cursor = mem.cursor_B + s if write_B is None else jnp.where(write_B, mem.cursor_B + s, mem.cursor_B)
+  return TraceMemory(jnp.where(sel, new_k, mem.keys_BxLxCxKxD),
+                     jnp.where(sel, new_v, mem.values_BxLxCxKxD),
+                     mem.valid_BxC | hit_BxC, cursor % c)
+
+
+def reset(mem: TraceMemory, start_B: jax.Array) -> TraceMemory:
+  """Empties the rows where a new sequence starts (`wipe`)."""
+  keep = ~start_B
+  return jax.tree.map(lambda x: jnp.where(keep.reshape((-1,) + (1,) * (x.ndim - 1)), x,
+                                          jnp.zeros_like(x)), mem)
+
+
+def zero_content(mem: TraceMemory) -> TraceMemory:
+  """The yardstick's `zeroed`: keys and values replaced by zeros, slots left in place."""
+  return mem.replace(keys_BxLxCxKxD=jnp.zeros_like(mem.keys_BxLxCxKxD),
+                     values_BxLxCxKxD=jnp.zeros_like(mem.values_BxLxCxKxD))
+
+
+def shuffle(mem: TraceMemory, shift: int = 1) -> TraceMemory:
+  """The yardstick's `shuffled`: each row gets another row's memory."""
+  return jax.tree.map(lambda x: jnp.roll(x, shift, axis=0), mem)
+
+
+def flat(mem: TraceMemory) -> jax.Array:
+  """Per-example memory content [B, M] (for memory_cosine)."""
+  b = mem.valid_BxC.shape[0]
+  return jnp.concatenate([mem.keys_BxLxCxKxD.reshape(b, -1), mem.values_BxLxCxKxD.reshape(b, -1)], 1)
+
+
+def save_state(path: str, mem) -> None:
+  """A per-user state file (npz), written atomically: a crash never leaves half a file."""
+  leaves, treedef = jax.tree.flatten(mem)
+  d = os.path.dirname(os.path.abspath(path))
+  os.makedirs(d, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+  with os.fdopen(fd, "wb") as f:
+    np.savez(f, treedef=np.array(str(treedef)), **{f"leaf{i}": np.asarray(x) for i, x in enumerate(leaves)})
+  os.replace(tmp, path)
+
+
+def load_state(path: str, like):
+  """Reads a state file into the structure of `like`; a clear error if it does not fit."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no memory state file")
+  leaves, treedef = jax.tree.flatten(like)
+  try:
+    with np.load(path) as f:
+      got = [f[f"leaf{i}"] for i in range(len(leaves))]
+  except Exception as e:
+    raise ValueError(f"{path}: unreadable memory state file ({e})") from e
+  for i, (a, b) in enumerate(zip(got, leaves)):
+    if a.shape != b.shape or a.dtype != b.dtype:
+      raise ValueError(f"{path}: leaf {i} is {a.dtype}{list(a.shape)}, model expects "
+                       f"{b.dtype}{list(b.shape)}")
+  return jax.tree.unflatten(treedef, [jnp.asarray(a) for a in got])

@@ -1,0 +1,180 @@
+"""HRSA-TRM: long input -> O(N) local encoder -> diffusion memory cascade -> decoder.
+
+    doc BxN ─ Encoder (chunked local attention, window `chunk` + `halo`) ─> BxNxD
+            ─ DiffusionCascade (M0 -> M1 -> M2, T denoise steps, TRM inside) ─> DiffusionMemory
+    query BxL ─ Decoder (causal self-attention over the last `ctx` tokens
+                         + cross-attention to every memory level) ─> logits BxLxV
+
+The decoder's cross-attention has no biases and reads RMS-normed slots, so an all-zero
+memory contributes exactly zero: `decode(memory.zeros_like())` equals
+`decode(None)` (the no-memory path). Memory-as-primary is a decoder whose self-attention
+window is `primary_keep` tokens: it sees only memory plus its last few tokens.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from memjax.layers import (Attention, CrossAttention, GatedMLP, RMSNorm, attend, causal_mask,
+                           local_attention)
+from memjax.memory.diffusion import DiffusionCascade, DiffusionMemory
+
+
+@dataclasses.dataclass(frozen=True)
+class HRSAConfig:
+  vocab_size: int = 128
+  dim: int = 64
+  heads: int = 4
+  enc_layers: int = 1
+  enc_chunk: int = 16
+  enc_halo: int = 16
+  max_context: int = 32_768
+  slots: tuple[int, ...] = (4, 8, 16)
+  denoise_steps: int = 2
+  trm_n: int = 2
+  trm_cycles: int = 1
+  one_step_grad: bool = True
+  sigma_max: float = 1.0
+  schedule: str = "cosine"
+  dec_layers: int = 2
+  ctx: int = 512
+  attention_backend: str = "auto"
+
+
+def sinusoid(positions_N: jax.Array, dim: int) -> jax.Array:
+  half = dim // 2
+  freqs = jnp.exp(-math.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+  a = positions_N.astype(jnp.float32)[:, None] * freqs
+  return jnp.concatenate([jnp.sin(a), jnp.cos(a)], axis=-1)
+
+
+class EncoderBlock(nnx.Module):
+  def __init__(self, cfg: HRSAConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.norm1 = RMSNorm(cfg.dim)
+    self.attn = Attention(cfg.dim, cfg.heads, rngs=rngs)
+    self.norm2 = RMSNorm(cfg.dim)
+    self.mlp = GatedMLP(cfg.dim, 4 * cfg.dim, rngs=rngs)
+
+  def __call__(self, x_BxNxD, positions_BxN, *, dense: bool = False):
+    q, k, v = self.attn.qkv(self.norm1(x_BxNxD), positions_BxN)
+    c = self.cfg
+    if dense:  # O(N^2) baseline with the same mask (benchmark / tests)
+      from memjax.layers import local_mask  # pylint: disable=g-import-not-at-top
+      n = x_BxNxD.shape[1]
+      mask = jnp.broadcast_to(local_mask(n, n, chunk=c.enc_chunk, halo=c.enc_halo),
+                              (x_BxNxD.shape[0], n, n))
+      a = attend(q, k, v, mask)
+    else:
+      a = local_attention(q, k, v, chunk=c.enc_chunk, halo=c.enc_halo,
+                          backend=c.attention_backend)
+    x = x_BxNxD + self.attn.out(a)
+    return x + self.mlp(self.norm2(x))
+
+
+class Encoder(nnx.Module):
+  """Token + absolute position embedding, then chunked local attention blocks: O(N)."""
+
+  def __init__(self, cfg: HRSAConfig, embed: nnx.Embed, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = embed
+    self.blocks = nnx.List([EncoderBlock(cfg, rngs) for _ in range(cfg.enc_layers)])
+    self.norm = RMSNorm(cfg.dim)
+
+  def __call__(self, doc_BxN: jax.Array, *, dense: bool = False) -> jax.Array:
+    b, n = doc_BxN.shape
+    if n > self.cfg.max_context:
+      raise ValueError(f"context length {n} exceeds the encoder's max_context "
+                       f"{self.cfg.max_context}")
+    pos = jnp.arange(n, dtype=jnp.int32)
+    x = self.embed(doc_BxN) + sinusoid(pos, self.cfg.dim)[None]
+    pos_BxN = jnp.broadcast_to(pos, (b, n))
+    for blk in self.blocks:
+      x = blk(x, pos_BxN, dense=dense)
+    return self.norm(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeControl:
+  """Per-call switches the remedies set (all traced-array friendly)."""
+  window_B: jax.Array | None = None      # per-example self-attention window (None: cfg.ctx)
+  stop_self_grad: jax.Array | bool = False  # gradient routing: detach self-attention output
+  return_probs: bool = False
+
+
+class DecoderBlock(nnx.Module):
+  def __init__(self, cfg: HRSAConfig, rngs: nnx.Rngs):
+    self.norm1 = RMSNorm(cfg.dim)
+    self.attn = Attention(cfg.dim, cfg.heads, rngs=rngs)
+    self.norm_x = RMSNorm(cfg.dim)
+    self.xattn = CrossAttention(cfg.dim, cfg.dim, cfg.heads, rngs=rngs)
+    self.norm2 = RMSNorm(cfg.dim)
+    self.mlp = GatedMLP(cfg.dim, 4 * cfg.dim, rngs=rngs)
+
+  def __call__(self, x, mask_BxLxL, memory_BxSxD, stop_self_grad):
+    s, _ = self.attn(self.norm1(x), mask_BxTxS=mask_BxLxL)
+    s = jnp.where(stop_self_grad, jax.lax.stop_gradient(s), s)
+    x = x + s
+    probs, m = None, jnp.zeros_like(x)
+    if memory_BxSxD is not None:
+      m, probs = self.xattn(self.norm_x(x), memory_BxSxD, return_probs=True)
+      x = x + m
+    x = x + self.mlp(self.norm2(x))
+    return x, s, m, probs
+
+
+class Decoder(nnx.Module):
+  def __init__(self, cfg: HRSAConfig, embed: nnx.Embed, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = embed
+    self.blocks = nnx.List([DecoderBlock(cfg, rngs) for _ in range(cfg.dec_layers)])
+    self.mem_norms = nnx.List([RMSNorm(cfg.dim) for _ in cfg.slots])
+    self.norm = RMSNorm(cfg.dim)
+
+  def memory_tokens(self, memory: DiffusionMemory) -> jax.Array:
+    """BxSxD: all levels, RMS-normed per level (zero slots stay exactly zero)."""
+    return jnp.concatenate([n(m) for n, m in zip(self.mem_norms, memory.levels)], axis=1)
+
+  def __call__(self, tokens_BxL: jax.Array, memory: DiffusionMemory | None,
+               control: DecodeControl = DecodeControl()):
+    b, l = tokens_BxL.shape
+    pos = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
+    window = jnp.full((b,), self.cfg.ctx) if control.window_B is None else control.window_B
+    diff = pos[:, :, None] - pos[:, None, :]
+    mask = (diff >= 0) & (diff < window[:, None, None])
+    mem = None if memory is None else self.memory_tokens(memory)
+    x = self.embed(tokens_BxL)
+    selfs, mems, probs = [], [], []
+    for blk in self.blocks:
+      x, s, m, p = blk(x, mask, mem, control.stop_self_grad)
+      selfs.append(s), mems.append(m), probs.append(p)
+    logits = self.embed.attend(self.norm(x))
+    aux = {"self_out": selfs, "mem_out": mems, "mem_probs": probs}
+    return logits, aux
+
+
+class HRSATRM(nnx.Module):
+  """Encoder + diffusion memory cascade + decoder, sharing one token embedding."""
+
+  def __init__(self, cfg: HRSAConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = nnx.Embed(cfg.vocab_size, cfg.dim, rngs=rngs)
+    self.encoder = Encoder(cfg, self.embed, rngs)
+    self.memory = DiffusionCascade(cfg.slots, cfg.dim, cfg.heads, steps=cfg.denoise_steps,
+                                   trm_n=cfg.trm_n, trm_cycles=cfg.trm_cycles,
+                                   one_step_grad=cfg.one_step_grad, sigma_max=cfg.sigma_max,
+                                   schedule=cfg.schedule, rngs=rngs)
+    self.decoder = Decoder(cfg, self.embed, rngs)
+
+  def ingest(self, doc_BxN: jax.Array, rng: jax.Array, *, unroll: bool = False):
+    """doc -> (DiffusionMemory, per-level read probs BxHxSxN)."""
+    return self.memory(self.encoder(doc_BxN), rng, unroll=unroll)
+
+  def __call__(self, doc_BxN, tokens_BxL, rng, control: DecodeControl = DecodeControl()):
+    memory, reads = self.ingest(doc_BxN, rng)
+    logits, aux = self.decoder(tokens_BxL, memory, control)
+    return logits, memory, reads, aux
