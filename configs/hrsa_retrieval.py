@@ -34,7 +34,7 @@ def model_defaults() -> ml_collections.ConfigDict:
 def task_defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       name="hrsa_retrieval", doc_len=256, chunk=16, tail=16, n_ka=16, n_kb=16, n_values=32,
-      n_text=32, text_p=0.9, retrieval_fraction=0.2, curriculum_steps=(200, 2000),
+      n_text=32, text_p=0.9, retrieval_fraction=0.5, curriculum_steps=(200, 2000),
       easy_distractors=2, target_distractors=6, hard_distractors=10, adversarial_p=0.5,
   ))
 

@@ -13,6 +13,10 @@ from memjax import config as cfg
 SYSTEMS = {
     "hrsa_trm": "memjax.models.hrsa_system:make_system",
     "then": "memjax.models.then:make_system",
+    "hrm": "memjax.models.hrrm_systems:make_system",
+    "hrrm_planner": "memjax.models.hrrm_systems:make_system",
+    "hrrm_reasoner": "memjax.models.hrrm_systems:make_system",
+    "hrrm_memory": "memjax.models.hrrm_systems:make_system",
 }
 
 

@@ -27,6 +27,8 @@ import dataclasses
 import grain
 import numpy as np
 
+from memjax.config import ConfigError
+
 PAD, BOS, FACT, QUERY, ANS = 0, 1, 2, 3, 4
 NUM_SPECIAL = 5
 SPLITS = ("train", "eval", "adversarial")
@@ -67,7 +69,7 @@ class HRSARetrievalTask:
     used = self.t0 + self.n_text
     self.vocab_size = int(c.get("vocab_size", -(-used // 32) * 32))
     if self.vocab_size < used:
-      raise ValueError(f"task.vocab_size: {self.vocab_size} < {used} tokens the task uses")
+      raise ConfigError(f"task.vocab_size: {self.vocab_size} < {used} tokens the task uses")
     self.chance = 1.0 / self.n_values
     self.seq_len = self.tail + 4
     self.perm = np.random.default_rng(1234).permutation(self.n_text)
@@ -77,18 +79,25 @@ class HRSARetrievalTask:
         "hard": Stage(self.hard_distractors, 2, False),
     }
 
+  @staticmethod
+  def validate(task_config) -> None:
+    """Raises ConfigError naming the field (called by the loop before anything compiles)."""
+    HRSARetrievalTask(task_config)
+
   def _check(self):
     if self.chunk < 4:
-      raise ValueError(f"task.chunk: must be >= 4 (a fact is 4 tokens), got {self.chunk}")
+      raise ConfigError(f"task.chunk: must be >= 4 (a fact is 4 tokens), got {self.chunk}")
     if self.doc_len % self.chunk:
-      raise ValueError(f"task.doc_len: {self.doc_len} is not a multiple of task.chunk {self.chunk}")
+      raise ConfigError(f"task.doc_len: {self.doc_len} is not a multiple of task.chunk {self.chunk}")
     if self.tail % self.chunk or self.tail >= self.doc_len // 2:
-      raise ValueError(f"task.tail: must be a multiple of chunk below doc_len/2, got {self.tail}")
+      raise ConfigError(f"task.tail: must be a multiple of chunk below doc_len/2, got {self.tail}")
     free = (self.doc_len - self.tail) // self.chunk
-    if self.hard_distractors + 1 > self.doc_len // self.chunk or self.target_distractors + 1 > free:
-      raise ValueError(f"task: too many distractors for {self.doc_len // self.chunk} chunks")
+    for name in ("easy_distractors", "target_distractors", "hard_distractors"):
+      if getattr(self, name) + 1 > self.doc_len // self.chunk - 1:
+        raise ConfigError(f"task.{name}: {getattr(self, name)} distractors do not fit in "
+                          f"{self.doc_len // self.chunk} chunks of a {self.doc_len}-token document")
     if not 0.0 <= self.retrieval_fraction <= 1.0:
-      raise ValueError(f"task.retrieval_fraction: must lie in [0, 1], got "
+      raise ConfigError(f"task.retrieval_fraction: must lie in [0, 1], got "
                        f"{self.retrieval_fraction}")
 
   def stage_at(self, step: int) -> str:

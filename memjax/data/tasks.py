@@ -16,6 +16,9 @@ TASKS = {
     "assoc_recall": "memjax.data.recall:AssocRecall",
     "passkey": "memjax.data.recall:Passkey",
     "kv_recall": "memjax.data.recall:KVRecall",
+    "pointer_roots": "memjax.data.hrrm_tasks:PointerRoots",
+    "plan_traces": "memjax.data.hrrm_tasks:PlanTraces",
+    "arith_scratchpad": "memjax.data.hrrm_tasks:ArithmeticScratchpad",
 }
 
 

@@ -72,8 +72,7 @@ class GuardState:
 
   @classmethod
   def init(cls, batch: int) -> GuardState:
-    z = jnp.zeros((batch,), jnp.int32)
-    return cls(z, z)
+    return cls(jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), jnp.int32))
 
 
 def check_collapse(state: GuardState, gap: jax.Array, dz: jax.Array, cfg: CollapseConfig):

@@ -4,6 +4,8 @@ A cascade of levels M0 -> M1 -> M2 (paper: 256 / 1024 / 2048 slots). Level l sta
 from pure noise and runs T denoise steps (`lax.scan`); step t
 
     x    = read(slots -> encoded input) + cond(slots -> level l-1) + embed(sigma_t)
+           (with `local_read`, slot i reads only region i of the input: N / S_l tokens,
+            so a slot is written from a known stretch of the input)
     y, z = trm.recurse(net, head, x, y, z)     # z refined n times from (x, y, z), then y from (y, z)
     y    = y + sigma_{t+1} * noise             # re-noise for the next step (sigma_T = 0)
 
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memjax.layers import CrossAttention, GatedMLP, RMSNorm, rms_norm
+from memjax.layers.attention import NEG_INF
 from memjax.models import trm
 
 SCHEDULES = ("cosine", "linear")
@@ -74,11 +77,20 @@ def sigma_embedding(sigma: jax.Array, dim: int) -> jax.Array:
   return jnp.concatenate([jnp.sin(a), jnp.cos(a)], axis=-1)
 
 
+def regions(x_BxNx_, slots: int, fill=0):
+  """Pads the length N to slots * R (R = ceil(N / slots)) and splits it: BxSxRx..."""
+  b, n = x_BxNx_.shape[:2]
+  r = -(-n // slots)
+  pad = [(0, 0), (0, slots * r - n)] + [(0, 0)] * (x_BxNx_.ndim - 2)
+  return jnp.pad(x_BxNx_, pad, constant_values=fill).reshape(b, slots, r, *x_BxNx_.shape[2:])
+
+
 class DenoiseLevel(nnx.Module):
   """One cascade level: slot embeddings, the reads, and the TRM net/head of a denoise step."""
 
-  def __init__(self, slots: int, dim: int, heads: int, *, conditioned: bool, rngs: nnx.Rngs):
-    self.slots, self.dim = slots, dim
+  def __init__(self, slots: int, dim: int, heads: int, *, conditioned: bool, local_read: bool,
+               rngs: nnx.Rngs):
+    self.slots, self.dim, self.heads, self.local_read = slots, dim, heads, local_read
     self.slot_embed = nnx.Param(jax.random.normal(rngs.params(), (slots, dim)) * 0.5)
     self.read_norm = RMSNorm(dim)
     self.read = CrossAttention(dim, dim, heads, rngs=rngs)
@@ -90,20 +102,48 @@ class DenoiseLevel(nnx.Module):
     self.head_norm = RMSNorm(dim)
     self.head = GatedMLP(dim, 2 * dim, rngs=rngs)
 
+  def read_regions(self, q_BxSxD, enc_BxNxD, enc_mask_BxN):
+    """Slot i attends only to region i of the input (N / S tokens): O(N) and slot-addressed.
+
+    Returns (BxSxD, probs BxHxSxR) with R = ceil(N / S); the padded tail is masked out.
+    """
+    attn = self.read
+    b, s, _ = q_BxSxD.shape
+    n = enc_BxNxD.shape[1]
+    h, hd = attn.num_heads, attn.head_dim
+    mask = jnp.ones((b, n), bool) if enc_mask_BxN is None else enc_mask_BxN
+    mask_BxSxR = regions(mask, s, fill=False)
+    q = attn.q(q_BxSxD).reshape(b, s, h, hd)
+    k = regions(attn.k(enc_BxNxD).reshape(b, n, h, hd), s)        # BxSxRxHxD
+    v = regions(attn.v(enc_BxNxD).reshape(b, n, h, hd), s)
+    scores = jnp.einsum("bshd,bsrhd->bhsr", q, k, preferred_element_type=jnp.float32) * hd ** -0.5
+    scores = jnp.where(mask_BxSxR[:, None], scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = jnp.where(mask_BxSxR[:, None].any(-1, keepdims=True), probs, 0.0)
+    out = jnp.einsum("bhsr,bsrhd->bshd", probs.astype(v.dtype), v).reshape(b, s, h * hd)
+    return attn.o(out), probs
+
   def step(self, y_BxSxD, z_BxSxD, sigma, enc_BxNxD, enc_mask_BxN, upper_BxUxD, *,
            n: int, cycles: int, one_step_grad: bool, unroll: bool):
     """One denoise step from noisy slots y: returns (clean estimate y, latent z, read probs)."""
     c_in = jax.lax.rsqrt(1.0 + sigma ** 2)
     q = self.read_norm(y_BxSxD * c_in + self.slot_embed[...])
-    x, probs = self.read(q, enc_BxNxD, enc_mask_BxN, return_probs=True)
+    if self.local_read:
+      x, probs = self.read_regions(q, enc_BxNxD, enc_mask_BxN)
+    else:
+      x, probs = self.read(q, enc_BxNxD, enc_mask_BxN, return_probs=True)
     if self.cond is not None:
       x = x + self.cond(self.cond_norm(q), upper_BxUxD)
     x = x + self.sigma_proj(sigma_embedding(sigma, self.dim))
     net = lambda x, y, z: z + self.net(self.net_norm(x + y + z))
-    head = lambda y, z: y + self.head(self.head_norm(y + z))
+    # y is read out from z (built from the input read), so the step's noise does not pass
+    # straight through to the memory: the head predicts clean slots, as a denoiser does.
+    head = lambda y, z: z + self.head(self.head_norm(y + z))
     y, z = trm.recurse(net, head, x, y_BxSxD * c_in, z_BxSxD, n=n, cycles=cycles,
                        one_step_grad=one_step_grad, unroll=unroll)
     return y, z, probs
+
+
 
 
 class DiffusionCascade(nnx.Module):
@@ -111,19 +151,25 @@ class DiffusionCascade(nnx.Module):
 
   def __init__(self, slots: Sequence[int], dim: int, heads: int, *, steps: int,
                trm_n: int = 2, trm_cycles: int = 1, one_step_grad: bool = True,
-               sigma_max: float = 1.0, schedule: str = "cosine", rngs: nnx.Rngs):
+               sigma_max: float = 1.0, schedule: str = "cosine", local_read: bool = True,
+               rngs: nnx.Rngs):
     check_cascade(slots)
     noise_schedule(steps, sigma_max, schedule)  # validates
     self.slot_counts = tuple(int(s) for s in slots)
     self.steps, self.trm_n, self.trm_cycles = steps, trm_n, trm_cycles
     self.one_step_grad = one_step_grad
     self.sigma_max, self.schedule = sigma_max, schedule
-    self.levels = nnx.List([DenoiseLevel(s, dim, heads, conditioned=i > 0, rngs=rngs)
+    self.levels = nnx.List([DenoiseLevel(s, dim, heads, conditioned=i > 0,
+                                         local_read=local_read, rngs=rngs)
                             for i, s in enumerate(self.slot_counts)])
 
   def __call__(self, enc_BxNxD: jax.Array, rng: jax.Array, enc_mask_BxN: jax.Array | None = None,
                *, unroll: bool = False) -> tuple[DiffusionMemory, tuple[jax.Array, ...]]:
-    """Returns the memory and, per level, the last step's read probs BxHxSxN (head-wise)."""
+    """Returns the memory and, per level, the last step's read probs.
+
+    Read probs are BxHxSxR over each slot's own region (`local_read`, see `regions`) or
+    BxHxSxN over the whole input.
+    """
     b, _, d = enc_BxNxD.shape
     sigmas = noise_schedule(self.steps, self.sigma_max, self.schedule)
     out, reads, upper = [], [], None

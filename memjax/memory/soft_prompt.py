@@ -241,7 +241,8 @@ class ContentOptimizer:
   @classmethod
   def create(cls, *, steps: int, lr: float = 1.0, clip_norm: float | None = 1.0,
              schedule: str = "constant", warmup_steps: int = 0, end_lr_fraction: float = 0.1,
-             b1: float = 0.9, b2: float = 0.999, unroll: bool = False) -> ContentOptimizer:
+             b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+             unroll: bool = False) -> ContentOptimizer:
     if schedule == "constant":
       lr_fn = optax.constant_schedule(lr)
     elif schedule == "cosine":
@@ -253,7 +254,7 @@ class ContentOptimizer:
       raise ValueError(f"schedule: unknown value {schedule!r}; choose one of "
                        "['constant', 'cosine', 'warmup_cosine']")
     parts = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
-    parts.append(optax.adam(lr_fn, b1=b1, b2=b2))
+    parts.append(optax.adam(lr_fn, b1=b1, b2=b2, eps=eps))
     return cls(optax.chain(*parts), steps, unroll)
 
   def init(self, contents_BxCxKxD: jax.Array):

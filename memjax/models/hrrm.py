@@ -97,7 +97,8 @@ def model_config(kind: str, size: str = "tiny") -> ml_collections.ConfigDict:
     big = size == "50m"
     c.update(mem_dim=256 if big else 32, mem_tokens=64 if big else 4,
              mem_slots=128 if big else 64, mem_depth=2, chunk=256 if big else 16,
-             alpha=1.0, beta=0.9, eta=0.01, eta_decay=0.001, momentum=True, forget=True)
+             alpha=1.0, beta=0.9, eta=0.01, eta_decay=0.001, momentum=True, forget=True,
+             conv=4)
     for k in ("max_H", "inner_T", "lambda_ctrl", "self_consistency_k", "segments",
               "one_step_grad", "act", "learned_pos", "causal", "unroll"):
       del c[k]
@@ -115,8 +116,8 @@ def validate_model(m, vocab_size: int | None = None) -> None:
   cfg.one_of(root, "model.mlp", ("gelu", "swiglu"))
   cfg.require(bool(m.get("tie_embeddings", True)), "model.tie_embeddings",
               "only tied embeddings are implemented")
-  v = m.vocab_size or vocab_size
-  cfg.require(v is not None and v > 0, "model.vocab_size", f"must be positive, got {v!r}")
+  cfg.require(m.vocab_size >= 0, "model.vocab_size",
+              f"must be positive (or 0: the task's), got {m.vocab_size!r}")
   if vocab_size is not None and m.vocab_size:
     cfg.require(m.vocab_size >= vocab_size, "model.vocab_size",
                 f"{m.vocab_size} is smaller than the task's vocabulary {vocab_size}")
@@ -145,7 +146,8 @@ def build(m, vocab_size: int | None = None, *, rngs: nnx.Rngs | None = None):
                  num_heads=m.num_heads, d_ff=m.d_ff, chunk=m.chunk, mem_dim=m.mem_dim,
                  mem_slots=m.mem_slots, mem_tokens=m.mem_tokens, mem_depth=m.mem_depth,
                  alpha=m.alpha, beta=m.beta, eta=m.eta, eta_decay=m.eta_decay,
-                 momentum=m.momentum, forget=m.forget, mlp=m.mlp, rope_theta=m.rope_theta,
+                 momentum=m.momentum, forget=m.forget, conv=m.get("conv", 4), mlp=m.mlp,
+                 rope_theta=m.rope_theta,
                  rngs=rngs)
   return HRMLM(vocab_size=v, d_model=m.d_model, num_heads=m.num_heads, d_ff=m.d_ff,
                h_layers=m.num_layers // 2, l_layers=m.num_layers // 2, mlp=m.mlp,

@@ -19,7 +19,7 @@ from flax import nnx
 from memjax import config as cfg
 from memjax.config import ConfigError
 from memjax.eval import guardrails
-from memjax.memory.diffusion import DiffusionMemory, check_cascade
+from memjax.memory.diffusion import check_cascade, regions
 from memjax.models.hrsa_trm import DecodeControl, HRSAConfig, HRSATRM
 from memjax.training import remedies as remedies_lib
 from memjax.training.system import System
@@ -69,32 +69,24 @@ def make_system(config, task) -> System:
   def init(rng):
     return nnx.split(HRSATRM(mc, rngs=nnx.Rngs(params=rng)), nnx.Param)[1]
 
-  def base_window(b):
-    w = mc.ctx
-    if rem.on("bottleneck"):
-      w = min(w, rem.bottleneck_ctx)
-    if rem.on("primary"):
-      w = min(w, rem.primary_keep)
-    return jnp.full((b,), w, jnp.int32)
+  default_knobs = remedies_lib.knobs(rem, mc.ctx)
 
   def forward(params, batch, rng):
     model = nnx.merge(graphdef, params)
+    kn = batch.get("knobs", default_knobs)
     k_noise, k_ablate, k_route = jax.random.split(rng, 3)
     b = batch["doc"].shape[0]
     memory, reads = model.ingest(batch["doc"], k_noise)
-    window = base_window(b)
-    if rem.on("ablate"):
-      drop = jax.random.uniform(k_ablate, (b,)) < rem.ablate_p
-      window = jnp.where(drop, jnp.minimum(window, rem.ablate_keep), window)
-    stop_self = False
-    if rem.on("grad_route"):
-      stop_self = jax.random.uniform(k_route) < rem.route_p
+    window = jnp.full((b,), kn["window"], jnp.int32)
+    drop = jax.random.uniform(k_ablate, (b,)) < kn["ablate_p"]
+    window = jnp.where(drop, jnp.minimum(window, kn["ablate_keep"]), window)
+    stop_self = jax.random.uniform(k_route) < kn["route_p"]
     control = DecodeControl(window_B=window, stop_self_grad=stop_self)
     logits, aux = model.decoder(batch["tokens"], memory, control)
-    return model, memory, reads, control, logits, aux
+    return model, memory, reads, control, logits, aux, kn
 
   def core_loss(params, batch, rng):
-    model, memory, reads, control, logits, aux = forward(params, batch, rng)
+    model, memory, reads, control, logits, aux, kn = forward(params, batch, rng)
     retr = batch["is_retrieval"]
     w = batch["weights"]
     nll = _nll(logits, batch["targets"])
@@ -106,27 +98,32 @@ def make_system(config, task) -> System:
     loss = loss_lm + retrieval_weight * loss_retr
     metrics = {"loss_lm": loss_lm, "loss_retrieval": loss_retr}
 
-    if rem.on("attn_sup"):
-      probs_BxHxSxN = reads[-1]
-      pos = jnp.arange(probs_BxHxSxN.shape[-1])
-      src = batch["src_start"][:, None]
-      in_fact = ((pos[None] >= src) & (pos[None] < src + 4)).astype(jnp.float32)   # BxN
-      mass_BxS = jnp.einsum("bhsn,bn->bs", probs_BxHxSxN, in_fact) / probs_BxHxSxN.shape[1]
-      target = jax.lax.stop_gradient(mass_BxS / jnp.maximum(mass_BxS.sum(-1, keepdims=True), 1e-9))
-      dec_BxS = aux["mem_probs"][-1][:, :, -1, -s2:].mean(1)                          # M2 part
-      sup = -(target * jnp.log(dec_BxS + 1e-9)).sum(-1)
-      loss_sup = jnp.where(retr, sup, 0.0).sum() / n_retr
-      loss = loss + rem.attn_sup_weight * loss_sup
-      metrics["loss_attn_sup"] = loss_sup
+    # Supervised attention: always computed (cheap), weighted by its knob (0 when off).
+    # Target: how much each M2 slot read from the answer's source fact (its 4 tokens).
+    probs = reads[-1]
+    pos = jnp.arange(batch["doc"].shape[1])
+    src = batch["src_start"][:, None]
+    in_fact_BxN = ((pos[None] >= src) & (pos[None] < src + 4)).astype(jnp.float32)
+    if mc.local_read:   # probs BxHxSxR over each slot's own region
+      mass_BxS = jnp.einsum("bhsr,bsr->bs", probs, regions(in_fact_BxN, s2)) / probs.shape[1]
+    else:               # probs BxHxSxN over the whole input
+      mass_BxS = jnp.einsum("bhsn,bn->bs", probs, in_fact_BxN) / probs.shape[1]
+    target = jax.lax.stop_gradient(mass_BxS / jnp.maximum(mass_BxS.sum(-1, keepdims=True), 1e-9))
+    dec_BxS = aux["mem_probs"][-1][:, :, -1, -s2:].mean(1)                            # M2 part
+    sup = -(target * jnp.log(dec_BxS + 1e-9)).sum(-1)
+    loss_sup = jnp.where(retr, sup, 0.0).sum() / n_retr
+    loss = loss + kn["attn_sup"] * loss_sup
 
-    if rem.on("contrastive"):
+    # Contrastive: a second decoder pass on another example's memory, only when switched on.
+    def contrast():
       wrong_logits, _ = model.decoder(batch["tokens"], memory.roll(1), control)
-      lp_right = -ans_nll
       lp_wrong = -_nll(wrong_logits[:, -1], batch["answer"])
-      con = jax.nn.softplus(lp_wrong - lp_right)
-      loss_con = jnp.where(retr, con, 0.0).sum() / n_retr
-      loss = loss + rem.contrastive_weight * loss_con
-      metrics["loss_contrastive"] = loss_con
+      con = jax.nn.softplus(lp_wrong + ans_nll)
+      return jnp.where(retr, con, 0.0).sum() / n_retr
+
+    loss_con = jax.lax.cond(kn["contrastive"] > 0, contrast, lambda: jnp.zeros((), jnp.float32))
+    loss = loss + kn["contrastive"] * loss_con
+    metrics.update(loss_attn_sup=loss_sup, loss_contrastive=loss_con)
     return loss, (metrics, memory, logits, aux, control)
 
   def loss_fn(params, batch, guard: guardrails.GuardState, rng):
@@ -174,8 +171,9 @@ def make_system(config, task) -> System:
     memory, _ = model.ingest(batch["doc"], jax.random.key(0))
     mem = {"memory": memory, "zeroed": memory.zeros_like(), "shuffled": memory.roll(1),
            "no_memory": None}[mode]
-    logits, _ = model.decoder(batch["tokens"], mem, DecodeControl(window_B=base_window(
-        batch["doc"].shape[0])))
+    kn = batch.get("knobs", default_knobs)
+    window = jnp.full((batch["doc"].shape[0],), kn["window"], jnp.int32)
+    logits, _ = model.decoder(batch["tokens"], mem, DecodeControl(window_B=window))
     retr = jnp.asarray(batch["is_retrieval"])
     c, n = guardrails.exact_match(logits[:, -1], batch["answer"], retr)
     nll = _nll(logits[:, -1], batch["answer"])

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from memjax.layers import (Attention, CrossAttention, GatedMLP, RMSNorm, attend, causal_mask,
-                           local_attention)
+from memjax.layers import (Attention, CrossAttention, GatedMLP, RMSNorm, attend, local_attention,
+                           local_mask)
 from memjax.memory.diffusion import DiffusionCascade, DiffusionMemory
 
 
@@ -40,6 +40,7 @@ class HRSAConfig:
   one_step_grad: bool = True
   sigma_max: float = 1.0
   schedule: str = "cosine"
+  local_read: bool = True   # slot i reads only region i of the input (see memory.diffusion)
   dec_layers: int = 2
   ctx: int = 512
   attention_backend: str = "auto"
@@ -64,7 +65,6 @@ class EncoderBlock(nnx.Module):
     q, k, v = self.attn.qkv(self.norm1(x_BxNxD), positions_BxN)
     c = self.cfg
     if dense:  # O(N^2) baseline with the same mask (benchmark / tests)
-      from memjax.layers import local_mask  # pylint: disable=g-import-not-at-top
       n = x_BxNxD.shape[1]
       mask = jnp.broadcast_to(local_mask(n, n, chunk=c.enc_chunk, halo=c.enc_halo),
                               (x_BxNxD.shape[0], n, n))
@@ -167,7 +167,8 @@ class HRSATRM(nnx.Module):
     self.memory = DiffusionCascade(cfg.slots, cfg.dim, cfg.heads, steps=cfg.denoise_steps,
                                    trm_n=cfg.trm_n, trm_cycles=cfg.trm_cycles,
                                    one_step_grad=cfg.one_step_grad, sigma_max=cfg.sigma_max,
-                                   schedule=cfg.schedule, rngs=rngs)
+                                   schedule=cfg.schedule, local_read=cfg.local_read,
+                                   rngs=rngs)
     self.decoder = Decoder(cfg, self.embed, rngs)
 
   def ingest(self, doc_BxN: jax.Array, rng: jax.Array, *, unroll: bool = False):

@@ -13,6 +13,8 @@ before the current chunk reaches it only through M.
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -26,8 +28,16 @@ def _l2norm(x):
   return x * jax.lax.rsqrt(jnp.sum(x * x, -1, keepdims=True) + 1e-6)
 
 
-def _logit(p):
-  return float(jnp.log(p) - jnp.log1p(-p))
+def causal_conv(x_BxCxD, w_KxD):
+  """Depthwise causal 1D convolution along the chunk (zero history): out[t] = sum_j w[j] x[t-K+1+j]."""
+  k = w_KxD.shape[0]
+  xp = jnp.pad(x_BxCxD, ((0, 0), (k - 1, 0), (0, 0)))
+  c = x_BxCxD.shape[1]
+  return sum(w_KxD[j] * xp[:, j:j + c] for j in range(k))
+
+
+def _logit(p: float) -> float:
+  return math.log(p) - math.log1p(-p)
 
 
 class MACLM(nnx.Module):
@@ -36,14 +46,15 @@ class MACLM(nnx.Module):
   mem_tokens: persistent (learned, input-independent) tokens; mem_slots: hidden
   width of the memory MLP (mem_depth layers of mem_dim -> mem_slots -> mem_dim).
   Gates: theta_t = eta * alpha * 2 sigmoid(g_t) per token, beta and decay per
-  chunk as sigmoid(logit(base) + g); gates start at their base values.
+  chunk as sigmoid(logit(base) + g); gates start at their base values. As in Titans, q, k
+  and v pass a depthwise causal convolution of `conv` taps (identity at init; 1: none).
   """
 
   def __init__(self, *, vocab_size: int, d_model: int, num_layers: int, num_heads: int,
                d_ff: int, chunk: int, mem_dim: int, mem_slots: int, mem_tokens: int,
                mem_depth: int = 2, alpha: float = 1.0, beta: float = 0.9, eta: float = 0.01,
                eta_decay: float = 0.001, momentum: bool = True, forget: bool = True,
-               mlp: str = "gelu", rope_theta: float = 10_000.0, rngs: nnx.Rngs):
+               conv: int = 4, mlp: str = "gelu", rope_theta: float = 10_000.0, rngs: nnx.Rngs):
     if d_model % num_heads:
       raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
     self.chunk, self.mem_tokens = chunk, mem_tokens
@@ -59,6 +70,9 @@ class MACLM(nnx.Module):
     self.mem_k = nnx.Linear(d_model, mem_dim, **kw)
     self.mem_v = nnx.Linear(d_model, mem_dim, **kw)
     self.mem_o = nnx.Linear(mem_dim, d_model, **kw)
+    # Titans: a depthwise causal convolution after the q, k, v projections (kernel `conv`).
+    ident = lambda: nnx.Param(jnp.zeros((conv, mem_dim)).at[-1].set(1.0)) if conv > 1 else None
+    self.conv_q, self.conv_k, self.conv_v = ident(), ident(), ident()
     self.gates = nnx.Linear(d_model, 3, kernel_init=nnx.initializers.zeros,
                             bias_init=nnx.initializers.zeros, rngs=rngs)
     dims = [mem_dim] + [mem_slots] * (mem_depth - 1) + [mem_dim]
@@ -80,12 +94,15 @@ class MACLM(nnx.Module):
         jnp.full(gc.shape[:1], self.eta_decay)
     return theta, beta, decay
 
+  def _conv(self, w, x):
+    return x if w is None else causal_conv(x, w[...])
+
   # -- one chunk
   def chunk_step(self, state: titans.TitansState, tokens_BxC, start, *, write: bool = True):
     b, c = tokens_BxC.shape
     p = self.mem_tokens
     x = self.embed(tokens_BxC)
-    h = self.mem_o(titans.read(state, _l2norm(self.mem_q(x))))
+    h = self.mem_o(titans.read(state, _l2norm(self._conv(self.conv_q, self.mem_q(x)))))
     pers = jnp.broadcast_to(self.persistent[...], (b, p, x.shape[-1]))
     seq = jnp.concatenate([pers, h, x], axis=1)
     i = jnp.arange(c)
@@ -101,7 +118,9 @@ class MACLM(nnx.Module):
     y = self.blocks(seq, pos, mask)[:, p + c:]
     if write:
       theta, beta, decay = self._gates(y)
-      state = titans.update(state, _l2norm(self.mem_k(y)), self.mem_v(y), theta, beta, decay,
+      k = _l2norm(self._conv(self.conv_k, self.mem_k(y)))
+      v = self._conv(self.conv_v, self.mem_v(y))
+      state = titans.update(state, k, v, theta, beta, decay,
                             use_momentum=self.momentum, use_forget=self.forget)
     return self.embed.attend(self.norm(y)), state
 

@@ -35,7 +35,8 @@ class ThenState:
 def defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       name="then", dim=64, layers=2, heads=4, kv_heads=4, mlp_ratio=2, shift_width=2,
-      capacity=64, write="all", write_last=16, read_memory=True, truncate_every=0))
+      capacity=64, write="all", write_last=16, read_memory=True, truncate_every=0,
+      segment_len=0))  # 0: the task's own segment length
 
 
 class HybridTHENAttention(nnx.Module):
@@ -101,6 +102,13 @@ def validate(config) -> None:
   cfg.require(m.dim % m.heads == 0, "model.dim", f"{m.dim} is not divisible by model.heads={m.heads}")
   cfg.require(m.heads % m.kv_heads == 0, "model.heads",
               f"{m.heads} is not a multiple of model.kv_heads={m.kv_heads}")
+  cfg.non_negative(config, "model.segment_len")
+  total = config.task.segment_len * config.task.num_segments
+  if m.segment_len:
+    cfg.require(total % m.segment_len == 0, "model.segment_len",
+                f"{m.segment_len} does not divide the sequence length {total}")
+    cfg.require(config.task.segment_len % m.segment_len == 0, "model.segment_len",
+                f"{m.segment_len} does not divide task.segment_len={config.task.segment_len}")
   if m.write == "last":
     cfg.positive(config, "model.write_last")
     cfg.require(m.write_last <= config.task.segment_len, "model.write_last",
@@ -156,9 +164,9 @@ class Then:
 
 
 def make_system(config, task) -> System:
-  then = Then(config, task.vocab_size, task.segment_len)
+  then = Then(config, task.vocab_size, config.model.segment_len or task.segment_len)
   max_answers = task.max_answers
-  s = task.segment_len
+  s = task.segment_len   # the task's last segment holds the questions
 
   def loss(params, batch, memory, rng):
     del rng
@@ -183,7 +191,7 @@ def make_system(config, task) -> System:
       state = state.replace(traces=traces_lib.shuffle(state.traces))
     elif mode == "oracle":
       raise NotImplementedError("recall tasks define no oracle for THEN")
-    logits, _ = then.segment(params, state, batch["inputs"][:, -s:])
+    logits, _ = then.run(params, state, batch["inputs"][:, -s:])
     targets, answer = batch["targets"][:, -s:], batch["answer"][:, -s:]
     correct, count = yardstick.answer_accuracy(logits, targets, answer, max_answers)
     out = {"correct": correct, "count": count,

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from memjax.config import ConfigError
 
 REMEDIES = ("bottleneck", "ablate", "attn_sup", "contrastive", "grad_route", "primary")
@@ -58,3 +60,23 @@ def parse(names, knobs=None) -> Remedies:
     if not 0.0 <= getattr(r, k) <= 1.0:
       raise ConfigError(f"model.remedy.{k}: must lie in [0, 1], got {getattr(r, k)}")
   return r
+
+
+def knobs(r: Remedies, ctx: int) -> dict:
+  """The remedies as numbers (switched off = neutral value), so one compiled step serves all.
+
+  A batch may carry its own `knobs` dict (the ablation runner does); else these apply.
+  """
+  window = ctx
+  if r.on("bottleneck"):
+    window = min(window, r.bottleneck_ctx)
+  if r.on("primary"):
+    window = min(window, r.primary_keep)
+  return dict(
+      window=np.int32(window),
+      ablate_p=np.float32(r.ablate_p if r.on("ablate") else 0.0),
+      ablate_keep=np.int32(r.ablate_keep),
+      attn_sup=np.float32(r.attn_sup_weight if r.on("attn_sup") else 0.0),
+      contrastive=np.float32(r.contrastive_weight if r.on("contrastive") else 0.0),
+      route_p=np.float32(r.route_p if r.on("grad_route") else 0.0),
+  )

@@ -17,9 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from memjax.kernels import local_attention as kernel
-from memjax.layers import local_attention as layer
+from memjax.layers.local_attention import local_attention as layer_local_attention
+from memjax.layers.local_attention import local_attention_reference
 
 BF16_EPS = float(jnp.finfo(jnp.bfloat16).eps)   # 2**-7 (spacing at 1.0)
+# No shrinking: one interpret-mode example costs seconds; the failing example is printed.
+_PHASES = (hypothesis.Phase.explicit, hypothesis.Phase.generate)
 F32_TOL = 1e-5                                  # relative to the largest reference magnitude
 
 
@@ -36,6 +39,7 @@ def problems(draw):
       chunk=draw(st.integers(1, 48)),
       halo=draw(st.integers(0, 64)),
       block_sizes=kernel.BlockSizes(*(draw(st.sampled_from([16, 32])) for _ in range(4))),
+      scale=draw(st.sampled_from([None, 0.3])),
       seed=draw(st.integers(0, 2**16)),
   )
 
@@ -54,6 +58,13 @@ def _value_and_grads(fn, q, k, v, do):
   return (out, *vjp(do.astype(out.dtype)))
 
 
+def _compile_and_run(fn, *args, fast_compile: bool):
+  """jit; in interpret mode on CPU, XLA's backend optimisation off (halves compile time, the
+  tests' main cost; numerics are float32/bf16 either way)."""
+  options = {"xla_backend_optimization_level": 0} if fast_compile else None
+  return jax.jit(fn).lower(*args).compile(compiler_options=options)(*args)
+
+
 def _max_err(a, b):
   return float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
 
@@ -69,17 +80,22 @@ class LocalAttentionTest(unittest.TestCase):
 
   def _kernel_fn(self, p):
     return lambda q, k, v: kernel.local_attention(
-        q, k, v, chunk=p["chunk"], halo=p["halo"], block_sizes=p["block_sizes"],
-        interpret=self.interpret)
+        q, k, v, chunk=p["chunk"], halo=p["halo"], scale=p.get("scale"),
+        block_sizes=p["block_sizes"], interpret=self.interpret)
 
   @staticmethod
   def _reference_fn(p):
-    return lambda q, k, v: layer.local_attention_reference(q, k, v, chunk=p["chunk"],
-                                                           halo=p["halo"])
+    return lambda q, k, v: local_attention_reference(q, k, v, chunk=p["chunk"],
+                                                     halo=p["halo"], scale=p.get("scale"))
+
+  def _reference_results(self, p, q, k, v, do):
+    return _compile_and_run(lambda *a: _value_and_grads(self._reference_fn(p), *a),
+                            q, k, v, do, fast_compile=self.interpret)
 
   def _kernel_results(self, p, q, k, v, do):
     with kernel.poisoned_outputs():
-      results = jax.jit(lambda *a: _value_and_grads(self._kernel_fn(p), *a))(q, k, v, do)
+      results = _compile_and_run(lambda *a: _value_and_grads(self._kernel_fn(p), *a),
+                                 q, k, v, do, fast_compile=self.interpret)
     for name, x in zip(("out", "dq", "dk", "dv"), results):
       self.assertTrue(bool(jnp.all(jnp.isfinite(x))), f"{name} has unwritten (NaN) elements")
     return results
@@ -87,21 +103,22 @@ class LocalAttentionTest(unittest.TestCase):
   def _check_float32(self, p):
     q, k, v, do = _inputs(p, jnp.float32)
     got = self._kernel_results(p, q, k, v, do)
-    want = jax.jit(lambda *a: _value_and_grads(self._reference_fn(p), *a))(q, k, v, do)
+    want = self._reference_results(p, q, k, v, do)
     for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
       self.assertEqual(g.shape, w.shape, name)
       self.assertEqual(g.dtype, jnp.float32, name)
       scale = max(1.0, float(jnp.max(jnp.abs(w))))
       self.assertLessEqual(_max_err(g, w), F32_TOL * scale, f"{name} {p}")
+    return got
 
-  @hypothesis.settings(max_examples=6, deadline=None, derandomize=True,
-                       suppress_health_check=list(hypothesis.HealthCheck))
+  @hypothesis.settings(max_examples=5, deadline=None, derandomize=True,
+                       suppress_health_check=list(hypothesis.HealthCheck), phases=_PHASES)
   @hypothesis.given(problems())
   def test_float32_forward_and_grads_match_reference(self, p):
     self._check_float32(p)
 
-  @hypothesis.settings(max_examples=3, deadline=None, derandomize=True,
-                       suppress_health_check=list(hypothesis.HealthCheck))
+  @hypothesis.settings(max_examples=2, deadline=None, derandomize=True,
+                       suppress_health_check=list(hypothesis.HealthCheck), phases=_PHASES)
   @hypothesis.given(problems())
   def test_bfloat16_forward_and_grads_match_float32_reference(self, p):
     """bf16 inputs, f32 accumulation, against the f32 reference on the upcast inputs.
@@ -113,8 +130,8 @@ class LocalAttentionTest(unittest.TestCase):
     q, k, v, do = _inputs(p, jnp.bfloat16)
     got = self._kernel_results(p, q, k, v, do)
     up = lambda *a: tuple(x.astype(jnp.float32) for x in a)
-    want = jax.jit(lambda *a: _value_and_grads(self._reference_fn(p), *a))(*up(q, k, v, do))
-    ref_bf16 = jax.jit(lambda *a: _value_and_grads(self._reference_fn(p), *a))(q, k, v, do)
+    want = self._reference_results(p, *up(q, k, v, do))
+    ref_bf16 = self._reference_results(p, q, k, v, do)
     for name, g, w, r in zip(("out", "dq", "dk", "dv"), got, want, ref_bf16):
       self.assertEqual(g.dtype, jnp.bfloat16, name)
       tol = 2 * _max_err(r, w) + BF16_EPS * float(jnp.max(jnp.abs(w)))
@@ -127,13 +144,10 @@ class LocalAttentionTest(unittest.TestCase):
 
   def test_chunk_one_and_halo_zero(self):
     # chunk=1, halo=0: every query sees only itself, so out == v.
-    self._check_float32(dict(batch=1, length=40, heads=2, kv_heads=2, head_dim=16, chunk=1,
-                             halo=0, block_sizes=kernel.BlockSizes(16, 16, 16, 16), seed=2))
-    q, k, v, _ = _inputs(dict(batch=1, length=40, heads=2, kv_heads=2, head_dim=16, seed=2),
-                         jnp.float32)
-    out = kernel.local_attention(q, k, v, chunk=1, halo=0, interpret=self.interpret,
-                                 block_sizes=kernel.BlockSizes(16, 16, 16, 16))
-    np.testing.assert_allclose(out, v, rtol=0, atol=1e-6)
+    p = dict(batch=1, length=40, heads=2, kv_heads=2, head_dim=16, chunk=1, halo=0,
+             block_sizes=kernel.BlockSizes(16, 16, 16, 16), seed=2)
+    out = self._check_float32(p)[0]
+    np.testing.assert_allclose(out, _inputs(p, jnp.float32)[2], rtol=0, atol=1e-6)
 
   def test_poisoning_exposes_an_unwritten_block(self):
     """The poisoning the other tests rely on: a kernel that skips blocks leaves NaN there."""
@@ -182,14 +196,29 @@ class LocalAttentionTest(unittest.TestCase):
 class LocalAttentionInterpretTest(LocalAttentionTest):
   interpret = True
 
+  def test_lowers_to_triton_for_cuda(self):
+    """Without a GPU: forward + backward lower through Pallas' Triton backend (3 kernels).
+
+    Checks the kernel bodies use only ops the Triton lowering knows (cross-lowering for
+    'cuda' from a CPU jaxlib); compiling the Triton IR to PTX happens only on a GPU.
+    """
+    q = jax.ShapeDtypeStruct((1, 200, 6, 64), jnp.bfloat16)   # T off the block grid, 3 heads/kv
+    k = jax.ShapeDtypeStruct((1, 200, 2, 64), jnp.bfloat16)
+    fn = lambda q, k, v: kernel.local_attention(q, k, v, chunk=48, halo=20)
+    fwd_bwd = lambda q, k, v, do: jax.vjp(fn, q, k, v)[1](do)
+    text = jax.jit(fwd_bwd).trace(q, k, k, q).lower(lowering_platforms=("cuda",)).as_text()
+    self.assertEqual(text.count("xla.gpu.triton"), 3)
+
   def test_layer_dispatch_pallas_backend(self):
     """memjax.layers.local_attention(backend='pallas') reaches this kernel (interpret on CPU)."""
     if jax.default_backend() != "cpu":
       self.skipTest("dispatch picks interpret mode only on CPU")
     p = dict(batch=1, length=48, heads=2, kv_heads=1, head_dim=16, chunk=12, halo=5, seed=3)
     q, k, v, _ = _inputs(p, jnp.float32)
-    got = layer.local_attention(q, k, v, chunk=12, halo=5, backend="pallas")
-    want = layer.local_attention(q, k, v, chunk=12, halo=5, backend="reference")
+    run = lambda backend: _compile_and_run(
+        lambda q, k, v: layer_local_attention(q, k, v, chunk=12, halo=5, backend=backend),
+        q, k, v, fast_compile=True)
+    got, want = run("pallas"), run("reference")
     np.testing.assert_allclose(got, want, rtol=0, atol=F32_TOL)
 
 

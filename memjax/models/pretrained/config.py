@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 from memjax.models.pretrained.errors import ModelLoadError
@@ -160,13 +159,34 @@ def from_hf(cfg: dict[str, Any], where: str = "config.json") -> DecoderConfig:
       post_norms=True, act="gelu_tanh", embed_scale=True,
       tie_embeddings=bool(cfg.get("tie_word_embeddings", True)),
       attn_scale=float(cfg.get("query_pre_attn_scalar") or head_dim) ** -0.5,
-      final_logit_softcap=cfg.get("final_logit_softcapping"),
-      attn_logit_softcap=cfg.get("attn_logit_softcapping"))
+      # attn_logit_softcapping: Gemma 2 only; transformers' Gemma3 reads but never applies it.
+      final_logit_softcap=cfg.get("final_logit_softcapping"))
 
 
 def gemma3_layer_types(num_layers: int, pattern: int = 6) -> tuple[str, ...]:
   return tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(num_layers))
 
 
-def isqrt_scale(dim: int) -> float:
-  return math.sqrt(dim)
+def to_hf(c: DecoderConfig) -> dict[str, Any]:
+  """A config.json dict (transformers 5 spelling) that `from_hf` reads back to `c`."""
+  common = dict(vocab_size=c.vocab_size, hidden_size=c.dim, num_hidden_layers=c.num_layers,
+                num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads,
+                head_dim=c.head_dim, intermediate_size=c.hidden, rms_norm_eps=c.norm_eps,
+                tie_word_embeddings=c.tie_embeddings, bos_token_id=c.bos_id,
+                eos_token_id=c.eos_id, pad_token_id=c.pad_id)
+  def rope(theta, scale):
+    return ({"rope_type": "default", "rope_theta": theta} if scale == 1.0 else
+            {"rope_type": "linear", "rope_theta": theta, "factor": scale})
+  if c.arch == "qwen2":
+    if c.layer_types or not c.qkv_bias:
+      raise ValueError("to_hf: qwen2 with sliding layers or without qkv bias has no HF spelling")
+    return dict(model_type="qwen2", architectures=["Qwen2ForCausalLM"], hidden_act="silu",
+                rope_parameters=rope(c.rope_theta, c.rope_scale), use_sliding_window=False,
+                **common)
+  return dict(model_type="gemma3_text", architectures=["Gemma3ForCausalLM"],
+              hidden_activation="gelu_pytorch_tanh", layer_types=list(c.layer_types),
+              sliding_window=c.sliding_window,
+              rope_parameters={FULL: rope(c.rope_theta, c.rope_scale),
+                               SLIDING: rope(c.rope_local_theta, 1.0)},
+              query_pre_attn_scalar=round((c.attn_scale or c.head_dim ** -0.5) ** -2, 6),
+              final_logit_softcapping=c.final_logit_softcap, **common)

@@ -16,25 +16,25 @@ from flax import nnx
 from memjax.layers import Attention, GatedMLP, KVCache, RMSNorm, attend, causal_mask
 from memjax.models.pretrained.config import SLIDING, DecoderConfig
 
-Cache = tuple  # one memjax.layers.KVCache per layer; all share the same `length`
+FULL_WINDOW = 1 << 30  # the window of a global layer: longer than any sequence
 
 
 class Block(nnx.Module):
-  """One transformer block: Qwen2 pre-norm, or Gemma3 pre+post-norm ("sandwich")."""
+  """One transformer block: Qwen2 pre-norm, or Gemma3 pre+post-norm ("sandwich").
 
-  def __init__(self, config: DecoderConfig, index: int, *, rngs: nnx.Rngs, dtype, param_dtype):
+  Per-layer differences (sliding window, RoPE base and scale) are arguments, not attributes,
+  so all blocks share one structure and the decoder scans over their stacked parameters.
+  """
+
+  def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs, dtype, param_dtype):
     c = config
-    self.sliding = c.layer_type(index) == SLIDING
-    self.window = c.sliding_window if self.sliding else None
-    self.rope_theta = c.rope_local_theta if self.sliding else c.rope_theta
-    self.rope_scale = 1.0 if self.sliding else c.rope_scale
     self.attn_scale = c.attn_scale
     self.attn_softcap = c.attn_logit_softcap
     norm = dict(eps=c.norm_eps, plus_one=c.norm_plus_one, param_dtype=param_dtype)
     self.attn_norm = RMSNorm(c.dim, **norm)
     self.attn = Attention(c.dim, c.num_heads, c.num_kv_heads, c.head_dim, qkv_bias=c.qkv_bias,
                           qk_norm=c.qk_norm, norm_plus_one=c.norm_plus_one, norm_eps=c.norm_eps,
-                          rope_theta=self.rope_theta, scale=c.attn_scale, rngs=rngs, dtype=dtype,
+                          rope_theta=c.rope_theta, scale=c.attn_scale, rngs=rngs, dtype=dtype,
                           param_dtype=param_dtype)
     self.mlp_norm = RMSNorm(c.dim, **norm)
     self.mlp = GatedMLP(c.dim, c.hidden, act=c.act, rngs=rngs, dtype=dtype,
@@ -45,40 +45,45 @@ class Block(nnx.Module):
     else:
       self.attn_post_norm = self.mlp_post_norm = None
 
-  def attention(self, x_BxTxD, positions_BxT, cache: KVCache | None):
+  def attention(self, x_BxTxD, positions_BxT, window, theta, rope_scale, cache):
+    """cache: None, or (k_BxLxKxD, v_BxLxKxD, length) of this layer; returns (y, (k, v))."""
     b, t, _ = x_BxTxD.shape
-    rope_pos = positions_BxT if self.rope_scale == 1.0 else positions_BxT / self.rope_scale
-    q, k, v = self.attn.qkv(x_BxTxD, rope_pos, self.rope_theta)
+    q, k, v = self.attn.qkv(x_BxTxD, positions_BxT / rope_scale, theta)
     if cache is None:
-      mask = causal_mask(positions_BxT, positions_BxT, window=self.window)
+      mask = causal_mask(positions_BxT, positions_BxT, window=window)
       y = attend(q, k, v, mask, scale=self.attn_scale, softcap=self.attn_softcap)
       return self.attn.out(y), None
     # Slot i of the cache holds the token at position i.
-    kc = jax.lax.dynamic_update_slice_in_dim(cache.k_BxLxKxD, k.astype(cache.k_BxLxKxD.dtype),
-                                             cache.length, axis=1)
-    vc = jax.lax.dynamic_update_slice_in_dim(cache.v_BxLxKxD, v.astype(cache.v_BxLxKxD.dtype),
-                                             cache.length, axis=1)
+    kc, vc, length = cache
+    kc = jax.lax.dynamic_update_slice_in_dim(kc, k.astype(kc.dtype), length, axis=1)
+    vc = jax.lax.dynamic_update_slice_in_dim(vc, v.astype(vc.dtype), length, axis=1)
     cap = kc.shape[1]
     k_pos = jnp.broadcast_to(jnp.arange(cap, dtype=jnp.int32), (b, cap))
-    mask = causal_mask(positions_BxT, k_pos, window=self.window)
-    mask &= (k_pos < cache.length + t)[:, None, :]
+    mask = causal_mask(positions_BxT, k_pos, window=window)
+    mask &= (k_pos < length + t)[:, None, :]
     y = attend(q, kc.astype(q.dtype), vc.astype(q.dtype), mask, scale=self.attn_scale,
                softcap=self.attn_softcap)
-    return self.attn.out(y), KVCache(kc, vc, cache.length + t)
+    return self.attn.out(y), (kc, vc)
 
-  def __call__(self, x_BxTxD, positions_BxT, cache: KVCache | None = None):
-    h, cache = self.attention(self.attn_norm(x_BxTxD), positions_BxT, cache)
+  def __call__(self, x_BxTxD, positions_BxT, window, theta, rope_scale, cache=None):
+    h, kv = self.attention(self.attn_norm(x_BxTxD), positions_BxT, window, theta, rope_scale,
+                           cache)
     if self.attn_post_norm is not None:
       h = self.attn_post_norm(h)
     x_BxTxD = x_BxTxD + h
     h = self.mlp(self.mlp_norm(x_BxTxD))
     if self.mlp_post_norm is not None:
       h = self.mlp_post_norm(h)
-    return x_BxTxD + h, cache
+    return x_BxTxD + h, kv
 
 
 class Decoder(nnx.Module):
-  """A decoder-only LM. Call it on token ids or on input embeddings (soft prompts)."""
+  """A decoder-only LM. Call it on token ids or on input embeddings (soft prompts).
+
+  The blocks' parameters are stacked along a leading layer axis and the forward pass is a
+  lax.scan over layers, so compile time does not grow with depth. The KV cache is one
+  memjax.layers.KVCache whose k/v carry that layer axis first: k_NxBxLxKxD (N layers).
+  """
 
   def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs, dtype=jnp.float32,
                param_dtype=None):
@@ -88,8 +93,16 @@ class Decoder(nnx.Module):
     c = config
     self.embed_tokens = nnx.Embed(c.vocab_size, c.dim, rngs=rngs, dtype=dtype,
                                   param_dtype=param_dtype)
-    self.blocks = nnx.List([Block(c, i, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-                            for i in range(c.num_layers)])
+    blocks = [Block(c, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+              for _ in range(c.num_layers)]
+    graphdef, _ = nnx.split(blocks[0])
+    self.blocks = nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs),
+                                                   *[nnx.state(b) for b in blocks]))
+    sliding = [c.layer_type(i) == SLIDING for i in range(c.num_layers)]
+    # Per-layer constants (tuples: static, hashable), fed to the scan as arrays.
+    self.windows = tuple(c.sliding_window if s else FULL_WINDOW for s in sliding)
+    self.thetas = tuple(c.rope_local_theta if s else c.rope_theta for s in sliding)
+    self.rope_scales = tuple(1.0 if s else c.rope_scale for s in sliding)
     self.final_norm = RMSNorm(c.dim, eps=c.norm_eps, plus_one=c.norm_plus_one,
                               param_dtype=param_dtype)
     if c.tie_embeddings:
@@ -107,7 +120,7 @@ class Decoder(nnx.Module):
 
   def __call__(self, tokens_BxT: jax.Array | None = None, *,
                embeds_BxTxD: jax.Array | None = None, positions_BxT: jax.Array | None = None,
-               cache: Cache | None = None) -> tuple[jax.Array, Cache | None]:
+               cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
     """(hidden_BxTxD after the final norm, updated cache or None).
 
     Give exactly one of tokens_BxT and embeds_BxTxD (embeddings as `embed` returns them).
@@ -119,13 +132,31 @@ class Decoder(nnx.Module):
     x = self.embed(tokens_BxT) if embeds_BxTxD is None else embeds_BxTxD.astype(self.dtype)
     b, t, _ = x.shape
     if positions_BxT is None:
-      start = 0 if cache is None else cache[0].length
+      start = 0 if cache is None else cache.length
       positions_BxT = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
-    new_cache = []
-    for i, block in enumerate(self.blocks):
-      x, c = block(x, positions_BxT, None if cache is None else cache[i])
-      new_cache.append(c)
-    return self.final_norm(x), (None if cache is None else tuple(new_cache))
+    graphdef, state = nnx.split(self.blocks)
+    per_layer = (state, jnp.asarray(self.windows, jnp.int32),
+                 jnp.asarray(self.thetas, jnp.float32), jnp.asarray(self.rope_scales, jnp.float32))
+
+    if cache is None:
+      def body(x, xs):
+        st, window, theta, scale = xs
+        x, _ = nnx.merge(graphdef, st)(x, positions_BxT, window, theta, scale)
+        return x, None
+      x, _ = jax.lax.scan(body, x, per_layer)
+      return self.final_norm(x), None
+
+    def body_cached(carry, xs):
+      x, k_all, v_all, i = carry
+      st, window, theta, scale = xs
+      layer_cache = (k_all[i], v_all[i], cache.length)
+      x, (kc, vc) = nnx.merge(graphdef, st)(x, positions_BxT, window, theta, scale, layer_cache)
+      k_all = jax.lax.dynamic_update_index_in_dim(k_all, kc, i, 0)
+      v_all = jax.lax.dynamic_update_index_in_dim(v_all, vc, i, 0)
+      return (x, k_all, v_all, i + 1), None
+    (x, k_all, v_all, _), _ = jax.lax.scan(
+        body_cached, (x, cache.k_BxLxKxD, cache.v_BxLxKxD, jnp.zeros((), jnp.int32)), per_layer)
+    return self.final_norm(x), KVCache(k_all, v_all, cache.length + t)
 
   def output_embedding(self) -> jax.Array:
     return (self.embed_tokens.embedding if self.lm_head is None else self.lm_head)[...]
@@ -140,12 +171,12 @@ class Decoder(nnx.Module):
       logits = jnp.tanh(logits / cap) * cap
     return logits
 
-  def init_cache(self, batch: int, capacity: int, dtype=None) -> Cache:
-    """An empty cache of `capacity` slots per layer (prompt + generated tokens)."""
+  def init_cache(self, batch: int, capacity: int, dtype=None) -> KVCache:
+    """An empty cache of `capacity` slots (prompt + generated tokens) for every layer."""
     c = self.config
     dtype = self.dtype if dtype is None else dtype
-    return tuple(KVCache.init(batch, capacity, c.num_kv_heads, c.head_dim, dtype)
-                 for _ in range(c.num_layers))
+    z = jnp.zeros((c.num_layers, batch, capacity, c.num_kv_heads, c.head_dim), dtype)
+    return KVCache(z, z, jnp.zeros((), jnp.int32))
 
 
 def token_log_probs(model: Decoder, hidden_BxTxD: jax.Array, targets_BxT: jax.Array,

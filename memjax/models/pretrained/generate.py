@@ -10,37 +10,45 @@ from flax import nnx
 from memjax.models.pretrained.decoder import Decoder
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos_id"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos_id",
+                                             "return_logits"))
 def _greedy(graphdef, state, tokens_BxT, embeds_BxTxD, *, max_new_tokens: int,
-            eos_id: int | None):
+            eos_id: int | None, return_logits: bool):
   model = nnx.merge(graphdef, state)
   prompt = tokens_BxT if tokens_BxT is not None else embeds_BxTxD
   b, t = prompt.shape[:2]
   cache = model.init_cache(b, t + max_new_tokens)
   hidden, cache = model(tokens_BxT, embeds_BxTxD=embeds_BxTxD, cache=cache)
-  first = jnp.argmax(model.logits(hidden[:, -1]), -1).astype(jnp.int32)
+  logits_BxV = model.logits(hidden[:, -1])
+  first = jnp.argmax(logits_BxV, -1).astype(jnp.int32)
   done = jnp.zeros((b,), bool) if eos_id is None else first == eos_id
 
   def step(carry, _):
     token_B, done_B, cache = carry
     hidden, cache = model(token_B[:, None], cache=cache)
-    nxt = jnp.argmax(model.logits(hidden[:, 0]), -1).astype(jnp.int32)
+    lg = model.logits(hidden[:, 0])
+    nxt = jnp.argmax(lg, -1).astype(jnp.int32)
     if eos_id is not None:  # after EOS a row keeps emitting EOS
       nxt = jnp.where(done_B, eos_id, nxt)
       done_B = done_B | (nxt == eos_id)
-    return (nxt, done_B, cache), nxt
+    return (nxt, done_B, cache), (nxt, lg if return_logits else None)
 
-  _, rest = jax.lax.scan(step, (first, done, cache), None, length=max_new_tokens - 1)
-  return jnp.concatenate([first[:, None], rest.T], axis=1)
+  _, (rest, rest_logits) = jax.lax.scan(step, (first, done, cache), None,
+                                        length=max_new_tokens - 1)
+  tokens = jnp.concatenate([first[:, None], rest.T], axis=1)
+  if not return_logits:
+    return tokens
+  return tokens, jnp.concatenate([logits_BxV[:, None], rest_logits.swapaxes(0, 1)], axis=1)
 
 
 def greedy_generate(model: Decoder, *, tokens_BxT: jax.Array | None = None,
                     embeds_BxTxD: jax.Array | None = None, max_new_tokens: int,
-                    eos_id: int | None = None) -> jax.Array:
+                    eos_id: int | None = None, return_logits: bool = False):
   """int32 BxN greedy continuation of a prompt given as token ids or as input embeddings.
 
   Rows that emit `eos_id` keep emitting it, so every row has N = max_new_tokens entries.
-  Compiled once per (model structure, prompt shape, N, eos_id).
+  With `return_logits`, also the float32 BxNxV logits each token was chosen from.
+  Compiled once per (model structure, prompt shape, N, eos_id, return_logits).
   """
   if (tokens_BxT is None) == (embeds_BxTxD is None):
     raise ValueError("greedy_generate: give exactly one of tokens_BxT and embeds_BxTxD")
@@ -50,4 +58,5 @@ def greedy_generate(model: Decoder, *, tokens_BxT: jax.Array | None = None,
   if tokens_BxT is not None:
     tokens_BxT = jnp.asarray(tokens_BxT, jnp.int32)
   return _greedy(graphdef, state, tokens_BxT, embeds_BxTxD, max_new_tokens=max_new_tokens,
-                 eos_id=None if eos_id is None else int(eos_id))
+                 eos_id=None if eos_id is None else int(eos_id),
+                 return_logits=bool(return_logits))

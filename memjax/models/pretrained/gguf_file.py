@@ -215,21 +215,43 @@ def config_from_gguf(f: GGUFFile) -> config_lib.DecoderConfig:
       sliding_window=int(opt("attention.sliding_window", 4096)), qk_norm=True,
       norm_plus_one=True, post_norms=True, act="gelu_tanh", embed_scale=True,
       attn_scale=float(q_scalar) ** -0.5,
-      final_logit_softcap=opt("final_logit_softcapping"),
-      attn_logit_softcap=opt("attn_logit_softcapping"))
+      final_logit_softcap=opt("final_logit_softcapping"))
 
 
 def _int(x):
   return None if x is None else int(x)
 
 
-def load_gguf(path: str, *, dtype):
+def load_tokenizer(f: GGUFFile, cache: str | None = None) -> tok_lib.Tokenizer:
+  """The tokenizer from the file's metadata; the rebuilt tokenizer.json is cached under `cache`
+  (keyed by the file's name, size and mtime) because deriving Gemma's merges takes ~10 s."""
+  tok = None
+  if cache:
+    st = os.stat(f.path)
+    key = f"{os.path.basename(f.path)}-{st.st_size}-{st.st_mtime_ns}.tokenizer.json"
+    cached = os.path.join(cache, "tokenizers", key)
+    if os.path.exists(cached):
+      try:
+        tok = tok_lib.from_gguf_metadata(f.meta, f.path, backend=cached)
+      except Exception:  # a stale or partial cache entry: rebuild it
+        tok = None
+  if tok is None:
+    tok = tok_lib.from_gguf_metadata(f.meta, f.path)
+    if cache:
+      os.makedirs(os.path.dirname(cached), exist_ok=True)
+      tmp = f"{cached}.{os.getpid()}.tmp"
+      tok.backend.save(tmp)
+      os.replace(tmp, cached)
+  return tok
+
+
+def load_gguf(path: str, *, dtype, cache: str | None = None):
   """(Decoder, Tokenizer, DecoderConfig) from a GGUF file."""
   if not os.path.isfile(path):
     raise ModelLoadError(f"{path}: no such GGUF file")
   f = GGUFFile(path)
   config = config_from_gguf(f)
-  tokenizer = tok_lib.from_gguf_metadata(f.meta, path)
+  tokenizer = load_tokenizer(f, cache)
   tok_lib.check_fits(tokenizer, config.vocab_size, path,
                      "rows of token_embd.weight")
   names = hf_to_gguf_names(config)

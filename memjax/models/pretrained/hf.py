@@ -147,3 +147,34 @@ def _token_id(tokenizer, token) -> int | None:
   if not token:
     return None
   return tokenizer.token_to_id(token)
+
+
+def save_folder(model, tokenizer, folder: str, *, max_shard_bytes: int | None = None) -> str:
+  """Write config.json, model.safetensors (sharded with an index past `max_shard_bytes`) and
+  tokenizer.json: a folder `load_folder` (and transformers) reads back."""
+  from safetensors.numpy import save_file
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, "config.json"), "w") as f:
+    json.dump(config_lib.to_hf(model.config), f, indent=2)
+  tokenizer.backend.save(os.path.join(folder, "tokenizer.json"))
+  tensors = weights.export(model)
+  if max_shard_bytes is None:
+    save_file(tensors, os.path.join(folder, "model.safetensors"))
+    return folder
+  shards, cur, size = [], {}, 0
+  for name, arr in tensors.items():
+    if cur and size + arr.nbytes > max_shard_bytes:
+      shards.append(cur)
+      cur, size = {}, 0
+    cur[name] = arr
+    size += arr.nbytes
+  shards.append(cur)
+  weight_map = {}
+  for i, shard in enumerate(shards):
+    fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+    save_file(shard, os.path.join(folder, fname))
+    weight_map.update({name: fname for name in shard})
+  with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+    json.dump({"metadata": {"total_size": sum(a.nbytes for a in tensors.values())},
+               "weight_map": weight_map}, f, indent=2)
+  return folder

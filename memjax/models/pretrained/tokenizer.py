@@ -110,8 +110,11 @@ def _add_special(backend: tokenizers.Tokenizer, tokens, token_types):
     backend.add_tokens(user)
 
 
-def from_gguf_metadata(meta: dict, where: str) -> Tokenizer:
-  """Rebuild the tokenizer a GGUF file describes (SentencePiece-BPE 'llama' or byte-level 'gpt2')."""
+def from_gguf_metadata(meta: dict, where: str, backend: str | None = None) -> Tokenizer:
+  """Rebuild the tokenizer a GGUF file describes (SentencePiece-BPE 'llama' or byte-level 'gpt2').
+
+  `backend`: a tokenizer.json saved from an earlier rebuild of the same file, used as is.
+  """
   kind = meta.get("tokenizer.ggml.model")
   tokens = meta.get("tokenizer.ggml.tokens")
   if kind is None or tokens is None:
@@ -120,7 +123,11 @@ def from_gguf_metadata(meta: dict, where: str) -> Tokenizer:
   types = meta.get("tokenizer.ggml.token_type")
   types = None if types is None else [int(x) for x in types]
   arch = meta.get("general.architecture")
-  if kind == "llama":
+  cached = backend is not None
+  if cached:
+    backend = tokenizers.Tokenizer.from_file(backend)
+    add_bos_default = kind == "llama"
+  elif kind == "llama":
     if arch in ("gemma", "gemma2", "gemma3"):  # runs of spaces are stored as real spaces
       tokens = ["\u2581" * len(t) if " " in t and not t.strip() else t for t in tokens]
     merges = meta.get("tokenizer.ggml.merges")
@@ -161,7 +168,8 @@ def from_gguf_metadata(meta: dict, where: str) -> Tokenizer:
   else:
     raise ModelLoadError(f"{where}: tokenizer.ggml.model {kind!r} is not supported "
                          f"(supported: llama, gpt2)")
-  _add_special(backend, tokens, types)
+  if not cached:
+    _add_special(backend, tokens, types)
 
   def opt(key):
     v = meta.get(key)

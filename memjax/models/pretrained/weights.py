@@ -29,7 +29,10 @@ def canonical(name: str) -> str:
 
 
 def expected_tensors(c: DecoderConfig) -> dict[str, tuple[tuple, bool]]:
-  """HF tensor name -> (nnx flat path, transpose) for every parameter of Decoder(c)."""
+  """HF tensor name -> (nnx flat path, transpose) for every parameter of Decoder(c).
+
+  Block paths start with ("blocks", i): row i of the stacked parameter at the rest of the path.
+  """
   out = {"model.embed_tokens.weight": (("embed_tokens", "embedding"), False),
          "model.norm.weight": (("final_norm", "scale"), False)}
   if not c.tie_embeddings:
@@ -63,16 +66,39 @@ def build(config: DecoderConfig, get: Callable[[str], np.ndarray | None], *, dty
   abstract = nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0), dtype=dtype))
   graphdef, state = nnx.split(abstract)
   flat = dict(nnx.to_flat_state(state))
+  stacked: dict[tuple, list] = {}
   for name, (path, transpose) in expected_tensors(config).items():
     arr = get(name)
     if arr is None:
       raise ModelLoadError(f"{where}: missing tensor {name!r}")
     if transpose:
       arr = arr.T
-    var = flat[path]
-    want = tuple(var.get_value().shape)
+    layer = None
+    if path[0] == "blocks":
+      layer, path = path[1], ("blocks",) + path[2:]
+    want = tuple(flat[path].get_value().shape)
+    want = want[1:] if layer is not None else want
     if tuple(arr.shape) != want:
       raise ModelLoadError(f"{where}: tensor {name!r} has shape {tuple(arr.shape)}, the config "
                            f"implies {want}")
-    var.set_value(jnp.asarray(np.asarray(arr, dtype=dtype)))
+    arr = np.asarray(arr, dtype=dtype)
+    if layer is None:
+      flat[path].set_value(jnp.asarray(arr))
+    else:
+      stacked.setdefault(path, [None] * config.num_layers)[layer] = arr
+  for path, arrs in stacked.items():
+    flat[path].set_value(jnp.asarray(np.stack(arrs)))
   return nnx.merge(graphdef, state)
+
+
+def export(model: Decoder) -> dict[str, np.ndarray]:
+  """HF name -> numpy array (HF layout) for every parameter: the inverse of `build`."""
+  flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  out = {}
+  for name, (path, transpose) in expected_tensors(model.config).items():
+    if path[0] == "blocks":
+      arr = np.asarray(flat[("blocks",) + path[2:]].get_value()[path[1]])
+    else:
+      arr = np.asarray(flat[path].get_value())
+    out[name] = np.ascontiguousarray(arr.T if transpose else arr)
+  return out

@@ -1,0 +1,36 @@
+"""HRM recurrence on pointer chasing (roots of a forest of chains), on a 2-core CPU.
+
+  python experiments/train.py --config=configs/hrm_reasoning.py --workdir=/tmp/hrm_reasoning
+
+Position i holds parent(i); the target is the root of i: a chain of depth d needs
+d hops (log2 d with pointer doubling), so a fixed compute per cycle cannot
+shortcut it. results.json carries accuracy_by_h_cycles (H -> exact accuracy of
+whole examples) from System.extra_results.
+Measured: see notes/issue4.md (filled in from the last run).
+"""
+import ml_collections
+
+from memjax import config as cfg
+from memjax.data.hrrm_tasks import PointerRoots
+from memjax.models import hrrm
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = hrrm.model_config("hrm", "tiny")
+  c.model.update(d_model=64, num_heads=4, d_ff=128, num_layers=2, max_H=4, inner_T=2,
+                 segments=2, causal=False, learned_pos=True, max_seq_len=16)
+  c.model.eval_h_cycles = [1, 2, 3, 4, 6, 8]
+  c.task = PointerRoots.defaults()
+  c.task.update(num_nodes=12, min_chains=1, max_chains=3)
+  c.train = cfg.train_defaults()
+  c.train.update(steps=2000, batch_size=64, lr=2e-3, warmup_steps=100, log_every=50,
+                 steps_per_call=10, checkpoint_every=1000, eval_batches=8, eval_batch_size=128)
+  if arg == "tiny":  # for tests: compiles and runs in seconds
+    c.model.update(d_model=32, num_heads=2, d_ff=64, max_H=2, inner_T=1)
+    c.model.eval_h_cycles = [1, 2]
+    c.task.update(num_nodes=6)
+    c.model.max_seq_len = 6
+    c.train.update(steps=10, batch_size=8, warmup_steps=2, log_every=5, steps_per_call=5,
+                   checkpoint_every=10, eval_batches=2, eval_batch_size=8, tensorboard=False)
+  return c

@@ -1,0 +1,38 @@
+"""HRRM Reasoner (HRM core, thought spans <SoT> ... <EoT>) on arithmetic word problems, 2-core CPU.
+
+  python experiments/train.py --config=configs/hrrm_reasoner.py --workdir=/tmp/hrrm_reasoner
+  python experiments/train.py --config=configs/hrrm_reasoner.py:50m ...  (the 54.1M model)
+
+Trained on the scratchpad and the answer (teacher forced); `accuracy_generate`
+decodes the thought span and the answer greedily from the question alone;
+`accuracy_self_consistency_k5` votes over 5 sampled thought spans.
+Measured: see notes/issue4.md (filled in from the last run).
+"""
+import ml_collections
+
+from memjax import config as cfg
+from memjax.data.hrrm_tasks import ArithmeticScratchpad
+from memjax.models import hrrm
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = hrrm.model_config("reasoner", "50m" if arg == "50m" else "tiny")
+  if arg != "50m":
+    c.model.update(d_model=96, num_heads=4, d_ff=256, num_layers=2, max_H=2, inner_T=2)
+  c.model.gen_steps = 16
+  c.model.sc_temperature = 0.7
+  c.model.eval_h_cycles = [1, 2]
+  c.task = ArithmeticScratchpad.defaults()
+  c.task.update(max_start=20, max_operand=9, num_ops=2, max_len=48)
+  c.train = cfg.train_defaults()
+  c.train.update(steps=1500, batch_size=32, lr=3e-3, warmup_steps=100, log_every=50,
+                 steps_per_call=10, checkpoint_every=500, eval_batches=4, eval_batch_size=64)
+  if arg == "tiny":  # for tests: compiles and runs in seconds
+    c.model.update(d_model=32, num_heads=2, d_ff=64, max_H=1, inner_T=1, gen_steps=4,
+                   self_consistency_k=2)
+    c.model.eval_h_cycles = [1]
+    c.task.update(max_start=5, max_operand=3, num_ops=1, max_len=32)
+    c.train.update(steps=10, batch_size=8, warmup_steps=2, log_every=5, steps_per_call=5,
+                   checkpoint_every=10, eval_batches=1, eval_batch_size=4, tensorboard=False)
+  return c

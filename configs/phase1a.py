@@ -1,0 +1,68 @@
+"""Dynamic Context Memory phase 1a on the real Gemma 3 270M, synthetic QA, on a 2-core CPU.
+
+  python experiments/phase1a.py --config=configs/phase1a.py --workdir=/tmp/p1a
+  python experiments/analyze_phase1a.py --workdir=/tmp/p1a
+
+On a user's checkpoint (a Hugging Face folder such as Qwen2.5-0.5B-Instruct):
+  python experiments/phase1a.py --config=configs/phase1a.py --workdir=/tmp/p1a_qwen \
+      --config.model=/path/to/Qwen2.5-0.5B-Instruct
+Variants: configs/phase1a_squad.py (the users' SQuAD 2.0 setting), configs/phase1a_tiny.py
+(random tiny decoder, seconds; what the tests run).
+
+Measured: see notes/issue3_phase1a.md (figures are written there with the machine named).
+Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms.
+"""
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = "gemma3-270m"          # a name, 'tiny:<arch>', or a model folder / GGUF path
+  c.dtype = "float32"
+  c.seed = 0
+  c.data = dict(
+      source="synthetic",          # 'synthetic' (offline, templated facts) or 'squad_v2' (tfds)
+      num_examples=4,
+      seed=0,
+      split="validation",          # SQuAD 2.0 split
+      data_dir="",                 # tfds data dir holding squad/v2.0 as array_record ('' = default)
+      max_question_tokens=24,
+      max_answer_tokens=8,
+      max_context_tokens=192,      # oracle (full-context) prompt length limit, tokens
+  )
+  c.stm = dict(
+      num_slots=8,                 # K content embeddings
+      init_scale=1.0,              # x the Generator's embedding RMS
+      mode_q_text="Question",      # mode embeddings: the mean embedding of these words (frozen)
+      mode_a_text="Answer",
+  )
+  c.steps = 20                     # optimizer steps per (re)start, one lax.scan
+  c.num_restarts = 1               # extra rounds for the contents that have not converged
+  c.run_stage1 = True              # stage 1 (Q alone, A alone) before stage 2 (joint)
+  c.batch_size = 4                 # examples optimized together (vmapped); a multiple of mesh.data
+  c.optim = dict(lr=1.0, clip_norm=1.0, schedule="cosine", warmup_steps=0, end_lr_fraction=0.1,
+                 eps=1e-8)       # Adam, one state per example (vmapped)
+  # converged: loss < random_ratio x random-content CE OR < context_ratio x full-context CE, and
+  # each of Q and A < part_ratio x its own baseline (part_baseline: its full-context CE, or its
+  # stage-1 CE alone; baselines below part_floor count as part_floor)
+  c.convergence = dict(random_ratio=0.3, context_ratio=2.0, part_ratio=2.0, part_floor=0.05,
+                       part_baseline="context")
+  c.loss = dict(
+      semantic_weight=0.0,         # paraphrases: blend in 1 - cos(expected, target embeddings)
+      semantic_topk=64,
+      scheduled_sampling=0.0,      # teacher-forcing gap: max prob. of feeding own predictions
+  )
+  c.targets = dict(append_eos=True)  # repetition past the answer: learn to stop
+  c.decode = dict(slack=4,           # length limit: target length + slack new tokens
+                  truncate_to_target=False)  # compare only the first len(target) tokens
+  # the full-context baseline / oracle: the Generator reads the source text (one worked example
+  # first, so a base model answers in a word; oracle answers end at the first line break)
+  c.oracle = dict(question_template="{context}\nQuestion:",
+                  answer_template=("Lena owns a dog. Omar lives in Lima.\nQuestion: What pet "
+                                   "does Lena own?\nAnswer: dog\n\n{context}\nQuestion: "
+                                   "{question}\nAnswer:"))
+  c.mesh = dict(data=1)            # devices on the `data` axis (examples are split over it)
+  c.unroll = False                 # debug: unroll the step scan
+  if arg:
+    raise ValueError(f"configs/phase1a.py takes no argument, got {arg!r}")
+  return c

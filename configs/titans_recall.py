@@ -1,0 +1,39 @@
+"""Titans neural memory (MAC) on associative recall beyond the attention window, 2-core CPU.
+
+  python experiments/train.py --config=configs/titans_recall.py --workdir=/tmp/titans_recall
+
+Key-value pairs in segment 0, filler in segment 1, queries in segment 2; the
+attention window is one segment (model.chunk == task.segment_len), so an
+answer can only come through the memory weights. Ablations, one flag each:
+  --config.model.momentum=False     --config.model.forget=False
+Measured: see notes/issue4.md (filled in from the last run).
+"""
+import ml_collections
+
+from memjax import config as cfg
+from memjax.data.recall import AssocRecall
+from memjax.models import hrrm
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = hrrm.model_config("memory", "tiny")
+  # A one-layer (linear) memory learns this in minutes on a CPU; the 50M config keeps
+  # the two-layer MLP memory (--config.model.mem_depth=2 here to compare).
+  c.model.update(d_model=64, num_layers=2, num_heads=4, d_ff=128, chunk=16, mem_dim=32,
+                 mem_slots=64, mem_depth=1, mem_tokens=4, conv=4, eta=0.5, alpha=1.0, beta=0.9,
+                 eta_decay=0.001)
+  c.task = AssocRecall.defaults()
+  c.task.update(segment_len=16, num_segments=3, num_keys=16, num_values=16, num_pairs=6,
+                num_queries=6, num_filler=8)
+  c.train = cfg.train_defaults()
+  c.train.update(steps=800, batch_size=32, lr=3e-3, warmup_steps=100, log_every=50,
+                 steps_per_call=10, checkpoint_every=400, eval_batches=8, eval_batch_size=128)
+  if arg == "tiny":  # for tests: compiles and runs in seconds
+    c.model.update(d_model=32, num_layers=2, num_heads=2, d_ff=64, chunk=8, mem_dim=16,
+                   mem_slots=16, mem_tokens=2)
+    c.task.update(segment_len=8, num_pairs=3, num_queries=3, num_keys=8, num_values=8,
+                  num_filler=4)
+    c.train.update(steps=10, batch_size=8, warmup_steps=2, log_every=5, steps_per_call=5,
+                   checkpoint_every=10, eval_batches=2, eval_batch_size=8, tensorboard=False)
+  return c

@@ -1,0 +1,39 @@
+"""Dynamic Context Memory phase 1a: optimize STM contents so a frozen LLM emits Q and A.
+
+  python experiments/phase1a.py --config=configs/phase1a.py --workdir=/tmp/p1a
+  python experiments/phase1a.py --config=configs/phase1a.py --workdir=/tmp/p1a_qwen \
+      --config.model=/path/to/Qwen2.5-0.5B-Instruct
+Multi-host: the same command on every host with --coordinator_address=host0:port
+--num_processes=N --process_id=i (and --config.mesh.data = the global device count).
+Writes <workdir>/results.json, examples/*.json, content.npz, curves.npz.
+"""
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from memjax import cli, distributed
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/phase1a*.py[:arg]).",
+                                          lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "results.json and the optimized contents go here.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+
+
+def main(argv):
+  del argv
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  from memjax.eval import yardstick  # pylint: disable=g-import-not-at-top
+  from memjax.memory import phase1a  # pylint: disable=g-import-not-at-top
+  examples, loaded = cli.run_guarded(phase1a.prepare, _CONFIG.value)
+  results = phase1a.run(_CONFIG.value, _WORKDIR.value, examples=examples, loaded=loaded)
+  print(yardstick.format_table(results))
+  print(f"convergence_rate {results['convergence_rate']:.3f}; results: "
+        f"{_WORKDIR.value}/results.json")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  sys.exit(app.run(main))

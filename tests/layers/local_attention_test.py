@@ -1,0 +1,56 @@
+"""Chunked local attention (the O(N) jnp reference) equals masked dense attention."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from memjax.layers import attend, local_attention, local_attention_reference, local_mask
+
+
+@settings(max_examples=12, deadline=None)
+@given(t=st.integers(1, 40), chunk=st.integers(1, 16), halo=st.integers(0, 20),
+       kv=st.sampled_from([1, 2]), groups=st.sampled_from([1, 2]))
+def test_equals_masked_dense(t, chunk, halo, kv, groups):
+  ks = jax.random.split(jax.random.key(t * 31 + chunk), 3)
+  q = jax.random.normal(ks[0], (2, t, kv * groups, 8))
+  k = jax.random.normal(ks[1], (2, t, kv, 8))
+  v = jax.random.normal(ks[2], (2, t, kv, 8))
+  mask = jnp.broadcast_to(local_mask(t, t, chunk=chunk, halo=halo), (2, t, t))
+  want = attend(q, k, v, mask)
+  got = local_attention_reference(q, k, v, chunk=chunk, halo=halo)
+  np.testing.assert_allclose(got, want, atol=2e-6)
+
+
+def test_gradients_equal_masked_dense():
+  ks = jax.random.split(jax.random.key(0), 3)
+  q, k, v = (jax.random.normal(kk, (1, 21, 2, 4)) for kk in ks)
+  mask = jnp.broadcast_to(local_mask(21, 21, chunk=4, halo=6), (1, 21, 21))
+  f = lambda q, k, v: (local_attention_reference(q, k, v, chunk=4, halo=6) ** 2).sum()
+  g = lambda q, k, v: (attend(q, k, v, mask) ** 2).sum()
+  for a, b in zip(jax.grad(f, (0, 1, 2))(q, k, v), jax.grad(g, (0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_backend_switch_reference_on_cpu():
+  q = k = v = jnp.ones((1, 8, 1, 4))
+  np.testing.assert_array_equal(local_attention(q, k, v, chunk=4, halo=2, backend="reference"),
+                                local_attention(q, k, v, chunk=4, halo=2, backend="auto"))
+
+
+@pytest.mark.parametrize("kw, field", [
+    (dict(chunk=0, halo=1), "chunk"), (dict(chunk=4, halo=-1), "halo"),
+    (dict(chunk=4, halo=1, backend="cuda"), "backend")])
+def test_bad_arguments_name_the_argument(kw, field):
+  q = k = v = jnp.ones((1, 8, 1, 4))
+  with pytest.raises(ValueError, match=field):
+    local_attention(q, k, v, **kw)
+
+
+def test_cost_grows_linearly():
+  """The reference's score blocks: N/chunk blocks of chunk x (chunk + halo), not N x N."""
+  q = jax.ShapeDtypeStruct((1, 4096, 1, 8), jnp.float32)
+  f = lambda q: local_attention_reference(q, q, q, chunk=64, halo=64)
+  flops = lambda n: jax.jit(f).lower(jax.ShapeDtypeStruct((1, n, 1, 8), jnp.float32)).compile().cost_analysis()["flops"]
+  del q
+  assert flops(4096) / flops(1024) < 4.5
