@@ -16,6 +16,7 @@ setuptools.setup(
         "chex>=0.1.92",
         "grain>=0.2.18",
         "tensorflow-datasets>=4.9.10",
+        "importlib_resources",  # tfds imports it lazily when building datasets
         "absl-py>=2.0",
         "ml-collections>=1.0",
         "numpy>=2.0",

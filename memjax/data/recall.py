@@ -77,11 +77,17 @@ class AssocRecall(SyntheticTask):
   def defaults() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         name="assoc_recall", segment_len=32, num_segments=3, num_keys=64, num_values=64,
-        num_pairs=16, num_queries=16, num_filler=32))
+        num_pairs=16, num_queries=16, num_filler=32,
+        source="generator",      # or "tfds": array_record files read through tfds.data_source
+        data_dir="", tfds_train_examples=20_000, tfds_eval_examples=2_000))
 
   @staticmethod
   def validate(c) -> None:
     root = ml_collections.ConfigDict({"task": c})
+    if "source" in c:
+      cfg.one_of(root, "task.source", ("generator", "tfds"))
+      cfg.require(c.source != "tfds" or bool(c.data_dir), "task.data_dir",
+                  "required when task.source='tfds'")
     cfg.positive(root, "task.segment_len", "task.num_segments", "task.num_keys",
                  "task.num_values", "task.num_pairs", "task.num_queries", "task.num_filler")
     cfg.require(c.num_segments >= 3, "task.num_segments",
@@ -103,6 +109,16 @@ class AssocRecall(SyntheticTask):
     self.vocab_size = self.filler0 + c.num_filler
     self.chance = 1.0 / c.num_values
     self.max_answers = c.num_queries
+
+  def dataset(self, split, seed):
+    if self.c.get("source", "generator") != "tfds":
+      return super().dataset(split, seed)
+    from memjax.data import tfds_recall  # pylint: disable=g-import-not-at-top
+    builder = tfds_recall.prepare(self.c, self.c.data_dir, seed=seed,
+                                  num_train=self.c.tfds_train_examples,
+                                  num_eval=self.c.tfds_eval_examples)
+    src = tfds_recall.data_source(builder, "train" if split == "train" else "eval")
+    return grain.MapDataset.source(src).repeat()
 
   def example(self, rng):
     c, s = self.c, self.segment_len

@@ -256,8 +256,11 @@ class Phase1a:
     """Per-target CE after arbitrary soft prompts (forward only)."""
     self.traces["ce"] += 1
     model = self.gen.merge(params)
-    f = lambda p, n, t, m: sp.sequence_losses(model, p, n, t, m)[1]
-    return jax.vmap(f)(prompts_BxSxPxD, plen_BxS, targets_BxSxT, mask_BxSxT)
+    b, s, p, d = prompts_BxSxPxD.shape
+    flat = lambda x: x.reshape((b * s,) + x.shape[2:])
+    ce = sp.sequence_losses(model, flat(prompts_BxSxPxD), flat(plen_BxS), flat(targets_BxSxT),
+                            flat(mask_BxSxT))[1]
+    return ce.reshape(b, s)
 
   def _decode_impl(self, params, prompts_NxPxD, plen_N, *, max_new_tokens):
     self.traces["decode"] += 1

@@ -8,9 +8,11 @@ whether one content can serve two outputs:
     [BOS] [A_mode | content] -> Generator -> answer tokens
 
 Content is optimized per example by gradient descent through the frozen
-Generator. A batch of examples is optimized at once: the per-example loss and
-optimizer update are vmapped over examples (each example has its own Adam
-state and its own gradient clipping), the steps are a `lax.scan`.
+Generator. A batch of examples is optimized at once: all examples' sequences go
+through the Generator as one batch (each example's loss depends only on its own
+content, so the gradient of the sum is per-example), and the optax update is
+vmapped over examples and contents (each has its own Adam state and its own
+gradient clipping). The steps are a `lax.scan`.
 
 Each example holds C = 2 content buffers; a static-shape `src_S` array says
 which content each target sequence (S = 2: question, answer) reads:
@@ -151,23 +153,25 @@ def _target_hidden(model, prompt_NxPxD, prompt_len_N, inputs_NxTxD, t: int):
 def sequence_losses(model, prompt_NxPxD: jax.Array, prompt_len_N: jax.Array,
                     targets_NxT: jax.Array, mask_NxT: jax.Array, *,
                     options: LossOptions = LossOptions(), key: jax.Array | None = None,
-                    progress: jax.Array | float = 1.0):
+                    progress: jax.Array | float = 1.0, uniform_NxT: jax.Array | None = None):
   """Per-sequence (loss, token-mean cross-entropy) of targets after a soft prompt.
 
   Logits are computed only at the T target positions. `prompt_len_N` may vary per sequence;
   rows of the prompt buffer past it are ignored (causal attention never sees the tail).
-  `progress` in [0, 1] drives the scheduled-sampling ramp.
+  `progress` in [0, 1] drives the scheduled-sampling ramp; its coin flips come from `uniform_NxT`
+  (uniform [0, 1) draws for the T - 1 teacher inputs) when given, else from `key`.
   """
   t = targets_NxT.shape[1]
   mask = mask_NxT.astype(jnp.float32)
   teacher = targets_NxT[:, :-1]            # input at row prompt_len + i is target i
   if options.scheduled_sampling > 0:
-    if key is None:
-      raise ValueError("scheduled sampling needs a key")
+    if key is None and uniform_NxT is None:
+      raise ValueError("scheduled sampling needs a key or uniform_NxT")
     h0 = _target_hidden(model, prompt_NxPxD, prompt_len_N, model.embed(teacher), t)
     pred = jax.lax.stop_gradient(jnp.argmax(model.logits(h0[:, :-1]), axis=-1)).astype(teacher.dtype)
     p = options.scheduled_sampling * progress
-    swap = jax.random.bernoulli(key, p, teacher.shape) & (mask[:, :-1] > 0)
+    u = jax.random.uniform(key, teacher.shape) if uniform_NxT is None else uniform_NxT
+    swap = (u < p) & (mask[:, :-1] > 0)
     teacher = jnp.where(swap, pred, teacher)
   h = _target_hidden(model, prompt_NxPxD, prompt_len_N, model.embed(teacher), t)
   logits = model.logits(h).astype(jnp.float32)                         # N x T x V
@@ -207,15 +211,28 @@ def stm_prompts(parts: PromptParts, contents_CxKxD: jax.Array, src_S: jax.Array)
   return jnp.concatenate([bos, parts.modes_SxD[:, None, :].astype(c.dtype), c], axis=1)
 
 
-def example_losses(model, parts: PromptParts, contents_CxKxD, src_S, targets_SxT, mask_SxT, *,
-                   options: LossOptions = LossOptions(), key=None, progress=1.0):
-  """One example: (loss per content C, CE per target sequence S)."""
-  prompts = stm_prompts(parts, contents_CxKxD, src_S)
-  plen = jnp.full((prompts.shape[0],), prompts.shape[1], jnp.int32)
-  loss_S, ce_S = sequence_losses(model, prompts, plen, targets_SxT, mask_SxT, options=options,
-                                 key=key, progress=progress)
-  onehot_SxC = jax.nn.one_hot(src_S, contents_CxKxD.shape[0], dtype=loss_S.dtype)
-  return loss_S @ onehot_SxC, ce_S
+def batch_losses(model, parts: PromptParts, contents_BxCxKxD, src_S, targets_BxSxT, mask_BxSxT,
+                 *, options: LossOptions = LossOptions(), keys_B=None, progress=1.0):
+  """A batch of examples: (loss per content B x C, CE per target sequence B x S).
+
+  The B x S sequences go through the Generator as ONE batch (a vmapped Generator call ran 2x
+  slower on CPU); example b's losses depend only on its own contents and its own key
+  `keys_B[b]`, so the gradient of the summed loss is each example's own gradient.
+  """
+  prompts = jax.vmap(lambda c: stm_prompts(parts, c, src_S))(contents_BxCxKxD)
+  b, s, p, d = prompts.shape
+  t = targets_BxSxT.shape[-1]
+  uniform = None
+  if options.scheduled_sampling > 0:
+    if keys_B is None:
+      raise ValueError("scheduled sampling needs keys_B")
+    uniform = jax.vmap(lambda k: jax.random.uniform(k, (s, t)))(keys_B).reshape(b * s, t)[:, :-1]
+  loss, ce = sequence_losses(model, prompts.reshape(b * s, p, d),
+                             jnp.full((b * s,), p, jnp.int32), targets_BxSxT.reshape(b * s, t),
+                             mask_BxSxT.reshape(b * s, t), options=options, progress=progress,
+                             uniform_NxT=uniform)
+  onehot_SxC = jax.nn.one_hot(src_S, contents_BxCxKxD.shape[1], dtype=loss.dtype)
+  return loss.reshape(b, s) @ onehot_SxC, ce.reshape(b, s)
 
 
 # --- the optimizer -----------------------------------------------------------------------------
@@ -261,24 +278,27 @@ class ContentOptimizer:
     return jax.vmap(jax.vmap(self.tx.init))(contents_BxCxKxD)
 
   def step(self, loss_fn: Callable, contents_BxCxKxD, opt_state, batch, active_BxC, key, i):
-    """One update of every active content. loss_fn(contents_CxKxD, example, key, i) ->
-    (loss per content C, aux); `batch` is a pytree with leading axis B (its "index" leaf, if any,
-    gives the per-example key). Inactive contents and their optimizer state are left unchanged."""
+    """One update of every active content.
+
+    loss_fn(contents_BxCxKxD, batch, keys_B, i) -> (loss B x C, aux): the whole batch in one
+    Generator call, example b's loss depending only on its own contents (and keys_B[b]), so the
+    gradient of the sum is each example's own gradient. The optax update is vmapped over
+    examples and contents: each content has its own Adam moments and its own clipping.
+    `batch["index"]` (global example index, if present) seeds the per-example keys. Inactive
+    contents and their optimizer state are left unchanged.
+    """
     index = batch["index"] if isinstance(batch, dict) and "index" in batch else \
         jnp.arange(contents_BxCxKxD.shape[0])
     keys = example_keys(jax.random.fold_in(key, i), index)
 
-    def one(contents, state, example, active, k):
-      def total(c):
-        loss_C, aux = loss_fn(c, example, k, i)
-        return loss_C.sum(), (loss_C, aux)
-      (_, (loss_C, aux)), g = jax.value_and_grad(total, has_aux=True)(contents)
-      updates, new_state = jax.vmap(self.tx.update)(g, state, contents)
-      new = optax.apply_updates(contents, updates)
-      return (_where_tree(active, new, contents), _where_tree(active, new_state, state),
-              loss_C, aux)
-
-    return jax.vmap(one)(contents_BxCxKxD, opt_state, batch, active_BxC, keys)
+    def total(c):
+      loss_BxC, aux = loss_fn(c, batch, keys, i)
+      return loss_BxC.sum(), (loss_BxC, aux)
+    (_, (loss_BxC, aux)), g = jax.value_and_grad(total, has_aux=True)(contents_BxCxKxD)
+    updates, new_state = jax.vmap(jax.vmap(self.tx.update))(g, opt_state, contents_BxCxKxD)
+    new = optax.apply_updates(contents_BxCxKxD, updates)
+    return (_where_tree(active_BxC, new, contents_BxCxKxD),
+            _where_tree(active_BxC, new_state, opt_state), loss_BxC, aux)
 
   def run(self, loss_fn: Callable, contents_BxCxKxD, opt_state, batch, active_BxC, key):
     """`steps` steps as one scan; returns (contents, opt_state, loss curve steps x B x C, aux)."""
@@ -365,15 +385,14 @@ def optimize_round(model, parts: PromptParts, optimizer: ContentOptimizer, rule:
   contents = jnp.where(restart[..., None, None], fresh, state.contents_BxCxKxD)
   opt_state = optimizer.init(contents)
 
-  def loss_fn(cont, ex, kk, i):
+  def loss_fn(cont, bt, keys, i):
     progress = (i + 1) / optimizer.steps
-    return example_losses(model, parts, cont, src_S, ex["targets"], ex["mask"], options=options,
-                          key=kk, progress=progress)
+    return batch_losses(model, parts, cont, src_S, bt["targets"], bt["mask"], options=options,
+                        keys_B=keys, progress=progress)
 
   contents, _, curve, ce_curve = optimizer.run(loss_fn, contents, opt_state, batch, restart,
                                                jax.random.fold_in(rkey, 1))
-  _, ce_S = jax.vmap(lambda cont, ex: example_losses(model, parts, cont, src_S, ex["targets"],
-                                                     ex["mask"]))(contents, batch)
+  _, ce_S = batch_losses(model, parts, contents, src_S, batch["targets"], batch["mask"])
 
   # keep the attempt where it beats the best so far (mean CE of the targets a content serves)
   onehot = jax.nn.one_hot(src_S, c, dtype=jnp.float32)

@@ -202,3 +202,13 @@ def make_system(config, task) -> System:
 
   return System(init=then.init_params, loss=loss, evaluate=evaluate,
                 init_memory=then.init_state, graphdef=then.graphdef)
+
+
+def flops_per_token(m, vocab_size: int, segment_len: int) -> float:
+  """Model FLOPs per trained token (forward + backward = 3x forward), counting matmuls
+  and the attention the model computes: C traces plus the S-token segment per query."""
+  d, h = m.dim, m.mlp_ratio * m.dim
+  kv = m.kv_heads * (m.dim // m.heads)
+  proj = 2 * (2 * d * d + 2 * d * kv + 3 * d * h)
+  attn = 2 * 2 * d * (m.capacity + segment_len)
+  return 3.0 * (m.layers * (proj + attn) + 2 * d * vocab_size)

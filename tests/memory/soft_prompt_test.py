@@ -68,9 +68,9 @@ def test_scan_equals_python_loop():
   opt = sp.ContentOptimizer.create(steps=4, lr=0.5, clip_norm=1.0, schedule="cosine")
   options = sp.LossOptions(scheduled_sampling=0.5)   # keys and progress enter the loss too
 
-  def loss_fn(c, ex, k, i):
-    return sp.example_losses(model, r.parts, c, src, ex["targets"], ex["mask"], options=options,
-                             key=k, progress=(i + 1) / opt.steps)
+  def loss_fn(c, bt, keys, i):
+    return sp.batch_losses(model, r.parts, c, src, bt["targets"], bt["mask"], options=options,
+                           keys_B=keys, progress=(i + 1) / opt.steps)
   c0 = jax.random.normal(jax.random.key(1), (4, 2, 2, r.dim)) * r.init_scale
   active = jnp.asarray([[True, False], [True, True], [False, False], [True, False]])
   key = jax.random.key(7)
@@ -99,8 +99,9 @@ def test_per_example_optimization_is_independent_of_the_batch():
   batch, _ = batch_for(r)
   src = jnp.asarray(sp.STAGE_SOURCES["stage1"])
   opt = sp.ContentOptimizer.create(steps=2, lr=1.0, clip_norm=0.1)
-  loss_fn = lambda c, ex, k, i: sp.example_losses(model, r.parts, c, src, ex["targets"],
-                                                  ex["mask"])
+  options = sp.LossOptions(scheduled_sampling=0.5)
+  loss_fn = lambda c, bt, keys, i: sp.batch_losses(model, r.parts, c, src, bt["targets"],
+                                                   bt["mask"], options=options, keys_B=keys)
   c0 = jax.random.normal(jax.random.key(2), (4, 2, 2, r.dim))
   active = jnp.ones((4, 2), bool)
   run = jax.jit(lambda c, b, a: opt.run(loss_fn, c, opt.init(c), b, a, jax.random.key(0))[0])

@@ -110,8 +110,7 @@ def load_folder(folder: str, *, dtype):
     raise ModelLoadError(f"{folder}: no tokenizer.json")
   tok_cfg_path = os.path.join(folder, "tokenizer_config.json")
   tok_cfg = _read_json(tok_cfg_path) if os.path.exists(tok_cfg_path) else {}
-  tokenizer = tok_lib.from_tokenizer_json(
-      tok_path, add_bos=bool(tok_cfg.get("add_bos_token", config.arch == "gemma3")))
+  tokenizer = tok_lib.from_tokenizer_json(tok_path)
   tokenizer.bos_id = config.bos_id if config.bos_id is not None else _token_id(
       tokenizer, tok_cfg.get("bos_token"))
   tokenizer.eos_id = _token_id(tokenizer, tok_cfg.get("eos_token"))
@@ -119,7 +118,8 @@ def load_folder(folder: str, *, dtype):
     tokenizer.eos_id = config.eos_id
   tokenizer.pad_id = config.pad_id if config.pad_id is not None else _token_id(
       tokenizer, tok_cfg.get("pad_token"))
-  tokenizer.add_bos = tokenizer.add_bos and tokenizer.bos_id is not None
+  tokenizer.add_bos = (bool(tok_cfg.get("add_bos_token", config.arch == "gemma3"))
+                       and tokenizer.bos_id is not None)
   tok_lib.check_fits(tokenizer, config.vocab_size, tok_path, "config.json")
   files = open_weights(folder)
 
@@ -157,6 +157,14 @@ def save_folder(model, tokenizer, folder: str, *, max_shard_bytes: int | None = 
   with open(os.path.join(folder, "config.json"), "w") as f:
     json.dump(config_lib.to_hf(model.config), f, indent=2)
   tokenizer.backend.save(os.path.join(folder, "tokenizer.json"))
+  backend = tokenizer.backend
+  tok_cfg = {"add_bos_token": bool(tokenizer.add_bos)}
+  for key, i in (("bos_token", tokenizer.bos_id), ("eos_token", tokenizer.eos_id),
+                 ("pad_token", tokenizer.pad_id)):
+    if i is not None and backend.id_to_token(i) is not None:
+      tok_cfg[key] = backend.id_to_token(i)
+  with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+    json.dump(tok_cfg, f, indent=2)
   tensors = weights.export(model)
   if max_shard_bytes is None:
     save_file(tensors, os.path.join(folder, "model.safetensors"))

@@ -71,16 +71,17 @@ def build(config: DecoderConfig, get: Callable[[str], np.ndarray | None], *, dty
     arr = get(name)
     if arr is None:
       raise ModelLoadError(f"{where}: missing tensor {name!r}")
-    if transpose:
-      arr = arr.T
     layer = None
     if path[0] == "blocks":
       layer, path = path[1], ("blocks",) + path[2:]
     want = tuple(flat[path].get_value().shape)
     want = want[1:] if layer is not None else want
+    want = want[::-1] if transpose else want  # in the file's (PyTorch) layout
     if tuple(arr.shape) != want:
       raise ModelLoadError(f"{where}: tensor {name!r} has shape {tuple(arr.shape)}, the config "
                            f"implies {want}")
+    if transpose:
+      arr = arr.T
     arr = np.asarray(arr, dtype=dtype)
     if layer is None:
       flat[path].set_value(jnp.asarray(arr))
