@@ -50,8 +50,8 @@ hrrm-eval-all:
 	for r in $(HRRM_RUNS); do $(MAKE) --no-print-directory hrrm-eval-$$r || exit 1; done
 
 hrrm-export: $(TOKENIZER)
-	$(PYTHON) experiments/export_hrrm.py --workdir=$(WORKDIRS)/hrrm_planner --tokenizer=$(TOKENIZER) --out=$(ARTIFACTS)/planner
-	$(PYTHON) experiments/export_hrrm.py --workdir=$(WORKDIRS)/hrrm_reasoner --tokenizer=$(TOKENIZER) --out=$(ARTIFACTS)/reasoner
+	$(PYTHON) experiments/export_hrrm.py --workdir=$(WORKDIRS)/hrrm_planner --tokenizer=task --out=$(ARTIFACTS)/planner
+	$(PYTHON) experiments/export_hrrm.py --workdir=$(WORKDIRS)/hrrm_reasoner --tokenizer=task --out=$(ARTIFACTS)/reasoner
 	$(PYTHON) experiments/export_hrrm.py --workdir=$(WORKDIRS)/titans_recall --tokenizer=$(TOKENIZER) --out=$(ARTIFACTS)/memory
 
 hrrm-report:

@@ -6,7 +6,8 @@
 `accuracy` is control-token detection: over positions where the next token is a
 control token (<PLAN> <SUBGOAL> <ACTION> <CHECK> <ENDPLAN>) or the head says it
 is, the share where the head names the right class.
-Measured: see notes/issue4.md (filled in from the last run).
+Measured 2026-11-23, shared 2-core CPU (147 s of training, 800 steps): control-token
+detection accuracy 1.000 (chance 0.167), perplexity 1.53. See notes/issue4.md.
 """
 import ml_collections
 

@@ -22,10 +22,11 @@ def model_defaults() -> ml_collections.ConfigDict:
       dim=64, heads=4, enc_layers=1, enc_chunk=16, enc_halo=16, max_context=32_768,
       slots=(4, 8, 16), denoise_steps=2, trm_n=2, trm_cycles=1, one_step_grad=True,
       sigma_max=1.0, schedule="cosine", dec_layers=2, ctx=512, attention_backend="auto",
-      remedies="",             # comma-separated names from memjax.training.remedies.REMEDIES
+      remedies="attn_sup",     # comma-separated names from memjax.training.remedies.REMEDIES
       remedy=dict(bottleneck_ctx=8, ablate_p=0.5, ablate_keep=16, attn_sup_weight=1.0,
                   contrastive_weight=1.0, route_p=0.5, primary_keep=4),
       retrieval_weight=1.0,
+      write_loss=1.0,          # weight of the M2 slot -> region bag-of-tokens auxiliary loss
       grad_split=False,        # extra backward pass: grad norm into cross- vs self-attention
       collapse=dict(min_sim_gap=0.02, min_delta_zero=1.02, warmup=600, patience=100, stop=False),
   ))
@@ -33,8 +34,8 @@ def model_defaults() -> ml_collections.ConfigDict:
 
 def task_defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      name="hrsa_retrieval", doc_len=256, chunk=16, tail=16, n_ka=16, n_kb=16, n_values=32,
-      n_text=32, text_p=0.9, retrieval_fraction=0.5, curriculum_steps=(200, 2000),
+      name="hrsa_retrieval", doc_len=128, chunk=8, tail=8, n_ka=8, n_kb=8, n_values=32,
+      n_text=32, text_p=0.9, retrieval_fraction=0.5, curriculum_steps=(100, 800),
       easy_distractors=2, target_distractors=6, hard_distractors=10, adversarial_p=0.5,
   ))
 
@@ -44,12 +45,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = model_defaults()
   c.task = task_defaults()
   c.train = cfg.train_defaults()
-  c.train.update(steps=3000, batch_size=32, lr=3e-3, warmup_steps=100, log_every=50,
-                 steps_per_call=10, checkpoint_every=500, eval_batches=8, eval_batch_size=64)
+  c.train.update(steps=1200, batch_size=32, lr=3e-3, warmup_steps=100, log_every=20,
+                 steps_per_call=10, checkpoint_every=600, eval_batches=8, eval_batch_size=64)
   if arg == "tiny":  # tests and the notebook: compiles and runs in seconds
     c.model.update(dim=32, heads=2, slots=(2, 4, 8), denoise_steps=2, dec_layers=1,
                    grad_split=True)
-    c.task.update(doc_len=128, curriculum_steps=(10, 1000), target_distractors=3,
+    c.task.update(doc_len=64, curriculum_steps=(10, 1000), target_distractors=3,
                   hard_distractors=4)
     c.train.update(steps=20, batch_size=8, warmup_steps=2, log_every=10, steps_per_call=5,
                    checkpoint_every=10, eval_batches=2, eval_batch_size=16, tensorboard=False)

@@ -6,7 +6,9 @@ Key-value pairs in segment 0, filler in segment 1, queries in segment 2; the
 attention window is one segment (model.chunk == task.segment_len), so an
 answer can only come through the memory weights. Ablations, one flag each:
   --config.model.momentum=False     --config.model.forget=False
-Measured: see notes/issue4.md (filled in from the last run).
+Measured 2026-11-23, shared 2-core CPU (291 s of training, 800 steps): accuracy 0.9953;
+memory zeroed 0.0617, shuffled 0.0617, no memory 0.0617 (chance 0.0625); delta_zero 270.
+See notes/issue4.md (ablations there too).
 """
 import ml_collections
 

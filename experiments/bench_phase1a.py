@@ -5,6 +5,7 @@
 Both paths run the same compiled round function (stage 2, `steps` steps); compile time is
 excluded (one warm-up call per shape); each timing is the best of --repeats.
 """
+import os
 import sys
 import time
 
@@ -17,16 +18,21 @@ _MODEL = flags.DEFINE_string("model", "tiny:qwen2", "Generator: tiny:<arch>, gem
 _BATCH = flags.DEFINE_integer("batch", 16, "Examples in the vmapped batch.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Optimizer steps per round.")
 _SLOTS = flags.DEFINE_integer("num_slots", 8, "K content slots.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repetitions (best is reported).")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions, interleaved (best is reported).")
+_SINGLE_THREAD = flags.DEFINE_bool("single_thread", False,
+                                   "XLA CPU without multi-threaded Eigen (on a CPU shared with other "
+                                   "jobs, oversubscribed threads slow the large batched matmuls).")
 
 
 def main(argv):
   del argv
+  if _SINGLE_THREAD.value:   # before the backend starts (it starts lazily, at first use)
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_cpu_multi_thread_eigen=false").strip()
   from memjax.data import qa
   from memjax.memory import phase1a
   from memjax.memory import soft_prompt as sp
   import importlib.util
-  import os
   spec = importlib.util.spec_from_file_location("p1a_cfg", os.path.join(
       os.path.dirname(os.path.abspath(__file__)), "..", "configs", "phase1a.py"))
   mod = importlib.util.module_from_spec(spec)
@@ -52,19 +58,21 @@ def main(argv):
     out = r._round(r.params, r.parts, state, sub, src, jnp.int32(0), key)
     return jax.block_until_ready(out)
 
-  def timed(fn):
+  paths = {"batch": lambda: run(np.arange(b)),
+           "loop": lambda: [run(np.asarray([i])) for i in range(b)]}
+  best = {}
+  for name, fn in paths.items():
     fn()                                   # warm-up: compile
-    best = float("inf")
-    for _ in range(_REPEATS.value):
+    best[name] = float("inf")
+  for _ in range(_REPEATS.value):          # interleaved, so load changes hit both paths
+    for name, fn in paths.items():
       t0 = time.perf_counter()
       fn()
-      best = min(best, time.perf_counter() - t0)
-    return best
-
-  t_batch = timed(lambda: run(np.arange(b)))
-  t_loop = timed(lambda: [run(np.asarray([i])) for i in range(b)])
+      best[name] = min(best[name], time.perf_counter() - t0)
+  t_batch, t_loop = best["batch"], best["loop"]
   print(f"phase 1a content optimization, model {loaded.name}, K={_SLOTS.value}, "
-        f"{_STEPS.value} steps, {jax.device_count()} device(s)")
+        f"{_STEPS.value} steps, {jax.device_count()} device(s), "
+        f"{'single' if _SINGLE_THREAD.value else 'multi'}-threaded XLA CPU")
   print(f"{'path':<28}{'seconds':>10}{'examples/s':>14}")
   print(f"{f'vmapped batch of {b}':<28}{t_batch:>10.3f}{b / t_batch:>14.2f}")
   print(f"{f'loop over {b} single examples':<28}{t_loop:>10.3f}{b / t_loop:>14.2f}")

@@ -2,23 +2,28 @@
 
   python experiments/export_hrrm.py --workdir=/tmp/hrrm_planner --tokenizer=artifacts/hrrm/tokenizer.json \
       --out=artifacts/hrrm/planner
+  python experiments/export_hrrm.py --workdir=/tmp/hrrm_planner --tokenizer=task --out=...
   python experiments/export_hrrm.py --check=artifacts/hrrm/planner      # reload only
 
 The folder holds config.json, model.safetensors, tokenizer.json; memjax reloads
 it bit-exactly (memjax.models.hrrm_export.load), which this binary verifies.
 """
+import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (latest checkpoint).")
-_TOKENIZER = flags.DEFINE_string("tokenizer", "artifacts/hrrm/tokenizer.json", "tokenizer.json.")
+_TOKENIZER = flags.DEFINE_string("tokenizer", "artifacts/hrrm/tokenizer.json",
+                                 "tokenizer.json, or 'task': a word-level tokenizer of the "
+                                 "trained task's vocabulary (Planner / Reasoner tasks).")
 _OUT = flags.DEFINE_string("out", None, "The export folder.")
 _CHECK = flags.DEFINE_string("check", None, "Only reload this export folder and report.")
 
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   import jax
   import numpy as np
   from memjax import checkpointing
@@ -33,16 +38,23 @@ def main(argv):
       return 0
     if not _WORKDIR.value or not _OUT.value:
       raise ValueError("--workdir and --out: both required (or --check=FOLDER)")
-    hrrm_tokenizer.load(_TOKENIZER.value)
     config = checkpointing.load_config(_WORKDIR.value)
     loop.validate(config)
     task, system, tx = loop.build(config)
+    tokenizer = _TOKENIZER.value
+    if tokenizer == "task":
+      if not hasattr(task, "words"):
+        raise ValueError(f"--tokenizer=task: task {config.task.name!r} has no word vocabulary")
+      os.makedirs(_OUT.value, exist_ok=True)
+      tokenizer = os.path.join(_OUT.value, "tokenizer.json")
+      hrrm_tokenizer.word_level(task.words).save(tokenizer)
+    hrrm_tokenizer.load(tokenizer)
     abstract = jax.eval_shape(lambda: loop.init_state(config, system, tx))
     mngr = checkpointing.manager(_WORKDIR.value, read_only=True)
     if mngr.latest_step() is None:
       raise ValueError(f"--workdir: {_WORKDIR.value} has no checkpoint")
     state, _ = checkpointing.restore(mngr, abstract)
-    hrrm_export.save(_OUT.value, config.model, state.params, _TOKENIZER.value,
+    hrrm_export.save(_OUT.value, config.model, state.params, tokenizer,
                      vocab_size=task.vocab_size)
     _, back = hrrm_export.load(_OUT.value)
     same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in

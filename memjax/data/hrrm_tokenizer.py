@@ -53,3 +53,18 @@ def check(tok, name: str = "tokenizer") -> None:
   if split:
     raise TokenizerError(f"{name}: tokens {split} are in the vocabulary but not registered as "
                          f"special (they would be split)")
+
+
+def word_level(words):
+  """A word-level tokenizer for a synthetic task's vocabulary (`task.words`, ids = positions).
+
+  The tiny CPU models are trained on task vocabularies, not the BPE: exporting one of them
+  with this tokenizer keeps tokenizer.json consistent with its embedding rows.
+  """
+  from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+  vocab = {w: i for i, w in enumerate(words)}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+  tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  tok.add_special_tokens([AddedToken(t, special=True) for t in SPECIAL_TOKENS if t in vocab])
+  check(tok, "task vocabulary")
+  return tok

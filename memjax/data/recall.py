@@ -29,7 +29,15 @@ class SyntheticTask:
   num_segments: int
   max_answers: int
 
+  @staticmethod
+  def validate_stream(c) -> None:
+    k = c.get("stream_segments", 0)
+    cfg.require(isinstance(k, int) and k >= 0, "task.stream_segments", f"must be >= 0, got {k!r}")
+    cfg.require(not k or c.num_segments % k == 0, "task.stream_segments",
+                f"{k} does not divide task.num_segments={c.num_segments}")
+
   def __init__(self, c: ml_collections.ConfigDict):
+    self.validate_stream(c)
     self.c = c
     self.segment_len = c.segment_len
     self.num_segments = c.num_segments
@@ -53,8 +61,28 @@ class SyntheticTask:
         lambda i: self.example_at(split, seed, int(i)))
 
   def batches(self, split: str, batch_size: int, seed: int) -> grain.IterDataset:
-    """An endless, resumable (get_state/set_state) iterator of batches."""
-    return self.dataset(split, seed).batch(batch_size, drop_remainder=True).to_iter_dataset()
+    """An endless, resumable (get_state/set_state) iterator of batches.
+
+    With task.stream_segments = k > 0, training batches are contiguous streams: batch n
+    holds segments [k*j, k*(j+1)) of the same `batch_size` examples, j = n mod (N/k), and
+    `reset` marks the first chunk of each example, so the memory a batch leaves is the memory
+    the next batch starts from (stateful TBPTT across batches).
+    """
+    k = self.c.get("stream_segments", 0)
+    whole = self.dataset(split, seed).batch(batch_size, drop_remainder=True)
+    if not k or split != "train":
+      return whole.to_iter_dataset()
+    chunks = self.num_segments // k
+    width = k * self.segment_len
+
+    def chunk(n):
+      b = whole[n // chunks]
+      j = n % chunks
+      out = {key: v[:, j * width:(j + 1) * width] for key, v in b.items()}
+      out["reset"] = np.full((batch_size,), j == 0)
+      return out
+
+    return grain.MapDataset.range(sys.maxsize).map(chunk).to_iter_dataset()
 
   def _stream(self, tokens: np.ndarray, answer: np.ndarray) -> dict[str, np.ndarray]:
     """inputs = tokens, targets = tokens shifted left; answer marks scored targets."""

@@ -96,7 +96,7 @@ class DenoiseLevel(nnx.Module):
     self.read = CrossAttention(dim, dim, heads, rngs=rngs)
     self.cond_norm = RMSNorm(dim) if conditioned else None
     self.cond = CrossAttention(dim, dim, heads, rngs=rngs) if conditioned else None
-    self.sigma_proj = nnx.Linear(dim, dim, rngs=rngs)
+    self.sigma_proj = nnx.Linear(dim, dim, use_bias=False, rngs=rngs)
     self.net_norm = RMSNorm(dim)
     self.net = GatedMLP(dim, 2 * dim, rngs=rngs)
     self.head_norm = RMSNorm(dim)
@@ -129,16 +129,17 @@ class DenoiseLevel(nnx.Module):
     c_in = jax.lax.rsqrt(1.0 + sigma ** 2)
     q = self.read_norm(y_BxSxD * c_in + self.slot_embed[...])
     if self.local_read:
-      x, probs = self.read_regions(q, enc_BxNxD, enc_mask_BxN)
+      read, probs = self.read_regions(q, enc_BxNxD, enc_mask_BxN)
     else:
-      x, probs = self.read(q, enc_BxNxD, enc_mask_BxN, return_probs=True)
+      read, probs = self.read(q, enc_BxNxD, enc_mask_BxN, return_probs=True)
+    x = read
     if self.cond is not None:
       x = x + self.cond(self.cond_norm(q), upper_BxUxD)
     x = x + self.sigma_proj(sigma_embedding(sigma, self.dim))
     net = lambda x, y, z: z + self.net(self.net_norm(x + y + z))
-    # y is read out from z (built from the input read), so the step's noise does not pass
-    # straight through to the memory: the head predicts clean slots, as a denoiser does.
-    head = lambda y, z: z + self.head(self.head_norm(y + z))
+    # The head predicts clean slots from the read plus a refinement of (y, z): the step's
+    # noise does not pass straight through, and the slots stay tied to what they read.
+    head = lambda y, z: read + self.head(self.head_norm(y + z))
     y, z = trm.recurse(net, head, x, y_BxSxD * c_in, z_BxSxD, n=n, cycles=cycles,
                        one_step_grad=one_step_grad, unroll=unroll)
     return y, z, probs

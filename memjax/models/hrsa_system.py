@@ -62,6 +62,7 @@ def make_system(config, task) -> System:
   rem = remedies_lib.parse(config.model.get("remedies", ()), config.model.get("remedy", None))
   retrieval_weight = float(config.model.get("retrieval_weight", 1.0))
   grad_split = bool(config.model.get("grad_split", False))
+  write_weight = float(config.model.get("write_loss", 0.0))
   collapse = guardrails.CollapseConfig(**dict(config.model.get("collapse", {})))
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: HRSATRM(mc, rngs=nnx.Rngs(0))), nnx.Param)
   s2 = mc.slots[-1]
@@ -124,6 +125,17 @@ def make_system(config, task) -> System:
     loss_con = jax.lax.cond(kn["contrastive"] > 0, contrast, lambda: jnp.zeros((), jnp.float32))
     loss = loss + kn["contrastive"] * loss_con
     metrics.update(loss_attn_sup=loss_sup, loss_contrastive=loss_con)
+
+    if write_weight:
+      # Write loss: each M2 slot predicts the bag of tokens in its own input region (through
+      # the tied embedding), so the memory is made to hold what its region says.
+      slots_BxSxD = model.decoder.memory_tokens(memory)[:, -s2:]
+      logp = jax.nn.log_softmax(model.embed.attend(slots_BxSxD).astype(jnp.float32), -1)
+      onehot = jax.nn.one_hot(regions(batch["doc"], s2, fill=-1), logp.shape[-1])  # BxSxRxV
+      bag = onehot.sum(2) / jnp.maximum(onehot.sum((2, 3))[..., None], 1.0)
+      loss_write = -(bag * logp).sum(-1).mean()
+      loss = loss + write_weight * loss_write
+      metrics["loss_write"] = loss_write
     return loss, (metrics, memory, logits, aux, control)
 
   def loss_fn(params, batch, guard: guardrails.GuardState, rng):

@@ -125,3 +125,15 @@ def test_bad_sizes_raise():
     hrm.recurse(lambda *a: a[0], lambda *a: a[0], 0.0, 0.0, 0.0, H=0, L=1)
   with pytest.raises(ValueError, match="not divisible"):
     hrm.Block(30, 4, 32, rngs=nnx.Rngs(0))
+
+
+def test_act_targets_follow_hrm_q_learning():
+  q_h = jnp.array([[0.0], [2.0], [-1.0]])       # S=3 segments, B=1
+  q_c = jnp.array([[1.0], [-3.0], [5.0]])
+  correct = jnp.array([[False], [True], [True]])
+  t_halt, t_cont = hrm.act_targets(q_h, q_c, correct)
+  np.testing.assert_array_equal(t_halt[:, 0], [0.0, 1.0, 1.0])
+  # continue at s: sigmoid(max(q_halt, q_cont) at s+1); at the segment before the cap,
+  # the cap's halt value; at the cap nothing.
+  np.testing.assert_allclose(t_cont[:, 0], [jax.nn.sigmoid(2.0), jax.nn.sigmoid(-1.0), 0.0],
+                             rtol=1e-6)

@@ -94,3 +94,23 @@ def test_state_file_roundtrip_and_errors(tmp_path):
   with pytest.raises(ValueError, match="unreadable"):
     traces.load_state(str(tmp_path / "bad.npz"), model.init_state(2))
   assert traces.load_state(path, model.init_state(2)) is not None   # original untouched
+
+
+def test_stream_batches_carry_memory_like_one_long_pass():
+  """Segmented training across batches (memory carried in the state) equals one long pass."""
+  c, task, model, system = _system()
+  from memjax.data import recall as recall_lib
+  stream_config = c.task.copy_and_resolve_references()
+  stream_config.stream_segments = 1
+  stream_task = recall_lib.AssocRecall(stream_config)
+  params = system.init(jax.random.key(0))
+  it = iter(stream_task.batches("train", 4, 0))
+  chunks = [jax.tree.map(jnp.asarray, next(it)) for _ in range(task.num_segments)]
+  assert bool(chunks[0]["reset"].all()) and not bool(chunks[1]["reset"].any())
+  whole = jax.tree.map(jnp.asarray, next(iter(task.batches("train", 4, 0))))
+  np.testing.assert_array_equal(jnp.concatenate([ch["inputs"] for ch in chunks], 1), whole["inputs"])
+  memory = system.init_memory(4)
+  for ch in chunks:
+    loss_chunk, (_, memory) = system.loss(params, ch, memory, None)
+  loss_whole, _ = system.loss(params, whole, system.init_memory(4), None)
+  np.testing.assert_allclose(loss_chunk, loss_whole, rtol=1e-5)   # answers: last chunk only

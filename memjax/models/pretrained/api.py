@@ -126,13 +126,24 @@ def tiny_config(arch: str, vocab_size: int = 384) -> config_lib.DecoderConfig:
 def make_tiny(arch: str = "qwen2", seed: int = 0, *, dtype=jnp.float32) -> Pretrained:
   """A tiny randomly initialised decoder (d 64, 2-3 layers) with a character tokenizer.
 
-  Norm scales are randomised too, so tests see every parameter matter.
+  Weights are drawn with numpy from `seed` (no jax ops: fast and deterministic): kernels
+  N(0, 1/fan_in), embeddings N(0, 1/d), norm scales and biases N(0, 0.1^2) around their
+  neutral value, so tests see every parameter matter.
   """
-  model = Decoder(tiny_config(arch), rngs=nnx.Rngs(seed), dtype=dtype)
+  config = tiny_config(arch)
+  abstract = nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0), dtype=dtype))
+  graphdef, state = nnx.split(abstract)
   rng = np.random.default_rng(seed)
-  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-    if path[-1] in ("scale", "bias"):
-      v = var.get_value()
-      var.set_value((v + 0.1 * rng.standard_normal(v.shape)).astype(v.dtype))
-  return Pretrained(model=model, tokenizer=tiny_tokenizer(), config=model.config,
-                    name=f"tiny-{arch}")
+  for path, var in nnx.to_flat_state(state):
+    shape = var.get_value().shape
+    if path[-1] == "scale":
+      value = (0.0 if config.norm_plus_one else 1.0) + 0.1 * rng.standard_normal(shape)
+    elif path[-1] == "bias":
+      value = 0.1 * rng.standard_normal(shape)
+    elif path[-1] == "kernel":  # blocks: (layers, fan_in, fan_out)
+      value = rng.standard_normal(shape) / np.sqrt(shape[-2])
+    else:  # embedding, lm_head: (vocab, dim)
+      value = rng.standard_normal(shape) / np.sqrt(shape[-1])
+    var.set_value(jnp.asarray(value, dtype))
+  model = nnx.merge(graphdef, state)
+  return Pretrained(model=model, tokenizer=tiny_tokenizer(), config=config, name=f"tiny-{arch}")

@@ -103,6 +103,8 @@ def test_bfloat16_load(tinies, tmp_path):
   ref = weights.export(p.model)["model.layers.1.mlp.up_proj.weight"]
   got = weights.export(q.model)["model.layers.1.mlp.up_proj.weight"]
   np.testing.assert_array_equal(got, ref.astype(jnp.bfloat16))
+  hidden, logits = nnx.jit(lambda m, x: (m(x)[0], m.logits(m(x)[0])))(q.model, _ids(p))
+  assert hidden.dtype == jnp.bfloat16 and logits.dtype == jnp.float32
 
 
 def test_gguf_round_trip_gemma3(tinies, tmp_path, capsys):
