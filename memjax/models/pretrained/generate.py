@@ -10,10 +10,10 @@ from flax import nnx
 from memjax.models.pretrained.decoder import Decoder
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos_id",
-                                             "return_logits"))
-def _greedy(graphdef, state, tokens_BxT, embeds_BxTxD, *, max_new_tokens: int,
-            eos_id: int | None, return_logits: bool):
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "return_logits"))
+def _greedy(graphdef, state, tokens_BxT, embeds_BxTxD, eos_id, *, max_new_tokens: int,
+            return_logits: bool):
+  """eos_id: int32 scalar, -1 for none (traced: one compile serves every eos id)."""
   model = nnx.merge(graphdef, state)
   prompt = tokens_BxT if tokens_BxT is not None else embeds_BxTxD
   b, t = prompt.shape[:2]
@@ -21,16 +21,15 @@ def _greedy(graphdef, state, tokens_BxT, embeds_BxTxD, *, max_new_tokens: int,
   hidden, cache = model(tokens_BxT, embeds_BxTxD=embeds_BxTxD, cache=cache)
   logits_BxV = model.logits(hidden[:, -1])
   first = jnp.argmax(logits_BxV, -1).astype(jnp.int32)
-  done = jnp.zeros((b,), bool) if eos_id is None else first == eos_id
+  done = first == eos_id
 
   def step(carry, _):
     token_B, done_B, cache = carry
     hidden, cache = model(token_B[:, None], cache=cache)
     lg = model.logits(hidden[:, 0])
     nxt = jnp.argmax(lg, -1).astype(jnp.int32)
-    if eos_id is not None:  # after EOS a row keeps emitting EOS
-      nxt = jnp.where(done_B, eos_id, nxt)
-      done_B = done_B | (nxt == eos_id)
+    nxt = jnp.where(done_B, eos_id, nxt)  # after EOS a row keeps emitting EOS
+    done_B = done_B | (nxt == eos_id)
     return (nxt, done_B, cache), (nxt, lg if return_logits else None)
 
   _, (rest, rest_logits) = jax.lax.scan(step, (first, done, cache), None,
@@ -48,7 +47,7 @@ def greedy_generate(model: Decoder, *, tokens_BxT: jax.Array | None = None,
 
   Rows that emit `eos_id` keep emitting it, so every row has N = max_new_tokens entries.
   With `return_logits`, also the float32 BxNxV logits each token was chosen from.
-  Compiled once per (model structure, prompt shape, N, eos_id, return_logits).
+  Compiled once per (model structure, prompt shape, N, return_logits).
   """
   if (tokens_BxT is None) == (embeds_BxTxD is None):
     raise ValueError("greedy_generate: give exactly one of tokens_BxT and embeds_BxTxD")
@@ -57,6 +56,6 @@ def greedy_generate(model: Decoder, *, tokens_BxT: jax.Array | None = None,
   graphdef, state = nnx.split(model)
   if tokens_BxT is not None:
     tokens_BxT = jnp.asarray(tokens_BxT, jnp.int32)
-  return _greedy(graphdef, state, tokens_BxT, embeds_BxTxD, max_new_tokens=max_new_tokens,
-                 eos_id=None if eos_id is None else int(eos_id),
+  eos = jnp.asarray(-1 if eos_id is None else eos_id, jnp.int32)
+  return _greedy(graphdef, state, tokens_BxT, embeds_BxTxD, eos, max_new_tokens=max_new_tokens,
                  return_logits=bool(return_logits))

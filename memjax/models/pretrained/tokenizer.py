@@ -24,7 +24,12 @@ class Tokenizer:
   @property
   def vocab_size(self) -> int:
     """Number of ids the tokenizer can produce (largest id + 1, added tokens included)."""
-    return max(self.backend.get_vocab(with_added_tokens=True).values(), default=-1) + 1
+    n = self.backend.get_vocab_size(with_added_tokens=True)
+    if getattr(self, "_vocab_size_key", None) != n:  # recomputed only if tokens were added
+      self._vocab_size_key = n
+      self._vocab_size = max(self.backend.get_vocab(with_added_tokens=True).values(),
+                             default=-1) + 1
+    return self._vocab_size
 
   def encode(self, text: str, *, add_bos: bool = False) -> list[int]:
     ids = self.backend.encode(text, add_special_tokens=False).ids
