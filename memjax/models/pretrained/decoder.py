@@ -6,6 +6,9 @@ Shapes: B batch, T tokens, D model dim, V vocabulary, L cache capacity.
     hidden_BxTxD, _ = model(tokens_BxT)                    # after the final norm
     logits_BxTxV = model.logits(hidden_BxTxD[:, -3:])      # only where a loss needs them
     hidden, cache = model(embeds_BxTxD=soft_BxKxD, cache=model.init_cache(B, 64))
+
+Call it under jit (nnx.jit, or jax.jit over nnx.split/merge): eagerly, the scan over layers is
+traced again on every call.
 """
 from __future__ import annotations
 

@@ -97,6 +97,8 @@ def test_greedy_generate_equals_argmax_loop_from_tokens_and_embeds(tiny):
   assert logits.dtype == jnp.float32 and logits.shape == (2, n, tiny.config.vocab_size)
   np.testing.assert_array_equal(np.asarray(got), want)
   np.testing.assert_array_equal(np.asarray(jnp.argmax(logits, -1)), want)
+  if tiny.config.arch != "gemma3":  # the embeds path differs by arch only in the scaling
+    return
   # The soft-prompt path: the same prompt given as input embeddings.
   from_embeds, embeds_logits = pretrained.greedy_generate(
       model, embeds_BxTxD=model.embed(ids), max_new_tokens=n, return_logits=True)

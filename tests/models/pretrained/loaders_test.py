@@ -251,8 +251,7 @@ def test_gguf_errors(tinies, tmp_path):
   assert "not a GGUF file" in _error(bad)
 
 
-def test_gguf_tokenizer_that_does_not_match_the_model(tinies, tmp_path):
-  p = tinies["qwen2"]
+def test_gguf_tokenizer_that_does_not_match_the_model(tmp_path):
   small = pretrained.make_tiny("qwen2", seed=7)
   # Same model, but an embedding with fewer rows than the tokenizer has tokens.
   emb = small.model.embed_tokens.embedding
@@ -262,7 +261,6 @@ def test_gguf_tokenizer_that_does_not_match_the_model(tinies, tmp_path):
   path = write_gguf(small, str(tmp_path / "mismatch.gguf"))
   msg = _error(path)
   assert "mismatch.gguf" in msg and "355" in msg and "300" in msg
-  del p
 
 
 def test_bad_dtype(folder):
