@@ -16,10 +16,10 @@ TRAIN_FLAGS ?= --progress=false
         hrrm-tokenizer hrrm-train-all hrrm-eval-all hrrm-export hrrm-report hrrm-pipeline hrrm-bench FORCE
 
 setup:
-	$(PYTHON) -m pip install -e ".[test]"
+	$(PYTHON) -m pip install -e ".[test,parity]"
 
 test:
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -n 2
 
 test-slow:
 	$(PYTHON) -m pytest -q -m slow
