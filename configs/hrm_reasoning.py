@@ -8,7 +8,7 @@ shortcut it. results.json carries accuracy_by_h_cycles (H -> exact accuracy of
 whole examples) from System.extra_results.
 Measured 2026-11-23, shared 2-core CPU (446 s of training, 2000 steps): exact-example
 accuracy by test-time H cycles 1: 0.262, 2: 0.767, 3: 0.838, 4 (trained): 0.842, 6: 0.816,
-8: 0.793 (token accuracy 0.823 at H=1, 0.976 at H=4). See notes/issue4.md.
+8: 0.793 (token accuracy 0.823 at H=1, 0.976 at H=4). See BUILD_NOTES.md (HRRM section).
 """
 import ml_collections
 

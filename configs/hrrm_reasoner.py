@@ -7,7 +7,7 @@ Trained on the scratchpad and the answer (teacher forced); `accuracy_generate`
 decodes the thought span and the answer greedily from the question alone;
 `accuracy_self_consistency_k5` votes over 5 sampled thought spans.
 Measured 2026-11-23, shared 2-core CPU (410 s of training, 1500 steps): greedy
-generation accuracy 0.996, self-consistency (k=5) 0.992 (chance 0.026). See notes/issue4.md.
+generation accuracy 0.996, self-consistency (k=5) 0.992 (chance 0.026). See BUILD_NOTES.md (HRRM section).
 """
 import ml_collections
 

@@ -14,7 +14,7 @@ default is 0.2, i.e. 80% LM / 20% retrieval).
 
 Measured 2026-11-23, 2-core CPU shared with other jobs (load ~12), 1200 steps, 1336 s:
 accuracy 0.035, zeroed 0.035, shuffled 0.035 (chance 0.031), adversarial 0.031,
-delta_zero 1.00 -- the target (EM >= 0.9) is NOT reached; see notes/issue5.md.
+delta_zero 1.00 -- the target (EM >= 0.9) is NOT reached; see BUILD_NOTES.md (HRSA-TRM section).
 """
 import ml_collections
 

@@ -4,7 +4,9 @@
 
 16 key-value pairs in segment 0, a filler segment, 16 queries in segment 2: the
 model sees one 32-token segment at a time, so every answer comes from the traces.
-Measured: see README.md (results table) -- filled in from the last run.
+Measured 2026-11-23, 2-core CPU (quiet): accuracy 1.000 in 65.8 s wall for the whole command
+(600 steps in 48.6 s + compile + yardstick); memory zeroed 0.018 / shuffled 0.016 / no memory
+0.017 (chance 0.0156).
 """
 import ml_collections
 

@@ -8,7 +8,7 @@ answer can only come through the memory weights. Ablations, one flag each:
   --config.model.momentum=False     --config.model.forget=False
 Measured 2026-11-23, shared 2-core CPU (291 s of training, 800 steps): accuracy 0.9953;
 memory zeroed 0.0617, shuffled 0.0617, no memory 0.0617 (chance 0.0625); delta_zero 270.
-See notes/issue4.md (ablations there too).
+See BUILD_NOTES.md (HRRM section) (ablations there too).
 """
 import ml_collections
 

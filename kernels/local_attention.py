@@ -20,7 +20,7 @@ Backend: Pallas' Triton lowering, chosen explicitly with
 without compiler params to Mosaic GPU, whose Pallas matmuls are only
 `plgpu.wgmma` (sm_90a) and `plgpu.tcgen05_mma` (sm_100a): nothing lowers a
 `dot` on consumer Blackwell, sm_120, whereas Triton's `tt.dot` picks mma.sync /
-wgmma per architecture). See notes/issue6.md.
+wgmma per architecture). See BUILD_NOTES.md (Pallas section).
 
 Sequence lengths that are not a multiple of the block sizes are padded inside
 the call; the padding is exact (padded queries are sliced off, their cotangent
