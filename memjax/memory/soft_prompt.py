@@ -439,11 +439,8 @@ def greedy_decode(model, prompt_NxPxD: jax.Array, prompt_len_N: jax.Array, max_n
 
 
 def memory_cosine(contents_BxKxD: jax.Array) -> jax.Array:
-  """Mean pairwise cosine of the flattened contents across the batch (near 1: collapsed)."""
-  x = contents_BxKxD.reshape(contents_BxKxD.shape[0], -1).astype(jnp.float32)
-  x = x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + 1e-8)
-  sim = x @ x.T
-  b = x.shape[0]
-  if b < 2:
+  """The yardstick's memory_cosine over contents; NaN for a single example (no pairs)."""
+  from memjax.eval import yardstick  # pylint: disable=g-import-not-at-top
+  if contents_BxKxD.shape[0] < 2:
     return jnp.float32(jnp.nan)
-  return (sim.sum() - jnp.trace(sim)) / (b * (b - 1))
+  return yardstick.memory_cosine(contents_BxKxD)
