@@ -12,19 +12,17 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from memjax import cli, distributed
+from memjax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/phase1a*.py[:arg]).",
                                           lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "results.json and the optimized contents go here.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+_INIT_MULTIHOST = cli.define_multihost_flags()
 
 
 def main(argv):
   del argv
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  _INIT_MULTIHOST()
   from memjax.eval import yardstick  # pylint: disable=g-import-not-at-top
   from memjax.memory import phase1a  # pylint: disable=g-import-not-at-top
   examples, loaded = cli.run_guarded(phase1a.prepare, _CONFIG.value)

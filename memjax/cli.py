@@ -16,3 +16,16 @@ def run_guarded(fn, *args, **kwargs):
   except USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+def define_multihost_flags():
+  """Defines --coordinator_address/--num_processes/--process_id; returns initialize().
+
+  Call at import time of a binary; call the returned function first thing in main().
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from memjax import distributed  # pylint: disable=g-import-not-at-top
+  coordinator = flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
+  num_processes = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+  process_id = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+  return lambda: distributed.initialize(coordinator.value, num_processes.value, process_id.value)
