@@ -1,6 +1,7 @@
 """What every binary shares: one-line errors and exit codes for bad input."""
 from __future__ import annotations
 
+import os
 import sys
 
 from memjax import checkpointing
@@ -15,7 +16,12 @@ def run_guarded(fn, *args, **kwargs):
     return fn(*args, **kwargs)
   except USER_ERRORS as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: after a failed restore, orbax/tensorstore threads print
+    # "Event loop is closed" tracebacks at shutdown, burying the one line. These errors are
+    # raised before anything is written, so nothing is left unsaved.
+    os._exit(2)
 
 
 def define_multihost_flags():

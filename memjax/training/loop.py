@@ -99,7 +99,11 @@ def train(config, workdir: str, *, progress: bool = True, evaluate_at_end: bool 
 
   mngr = checkpointing.manager(workdir, keep=t.get("keep_checkpoints", 2))
   if mngr.latest_step() is not None:
-    state, data_state = checkpointing.restore(mngr, checkpointing.abstract(state))
+    try:
+      state, data_state = checkpointing.restore(mngr, checkpointing.abstract(state))
+    except checkpointing.CheckpointError:
+      mngr.close()
+      raise
     it.set_state(data_state)
     logging.info("resumed from step %d", int(state.step))
   checkpointing.save_config(workdir, config)
@@ -183,7 +187,10 @@ def evaluate_workdir(workdir: str) -> dict:
   task, system, tx = build(config)
   abstract = jax.eval_shape(lambda: init_state(config, system, tx))
   mngr = checkpointing.manager(workdir, read_only=True)
-  state, _ = checkpointing.restore(mngr, abstract)
+  try:
+    state, _ = checkpointing.restore(mngr, abstract)
+  finally:
+    mngr.close()  # an open manager's event loop prints noise at exit after an error
   results = evaluate(config, system, task, state.params)
   results["train_steps"] = int(state.step)
   yardstick.write_results(workdir, results)
