@@ -31,7 +31,8 @@ def model_defaults() -> ml_collections.ConfigDict:
       remedy=dict(bottleneck_ctx=8, ablate_p=0.5, ablate_keep=16, attn_sup_weight=1.0,
                   contrastive_weight=1.0, route_p=0.5, primary_keep=4),
       retrieval_weight=1.0,
-      write_loss=1.0,          # weight of the M2 slot -> region bag-of-tokens auxiliary loss
+      write_loss=1.0,          # weight of the M2 slot -> its region's tokens, position by position
+      bag_loss=0.0,            # weight of the M2 slot -> its region's bag of tokens (tied embedding)
       grad_split=False,        # extra backward pass: grad norm into cross- vs self-attention
       collapse=dict(min_sim_gap=0.02, min_delta_zero=1.02, warmup=600, patience=100, stop=False),
   ))
@@ -50,7 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = model_defaults()
   c.task = task_defaults()
   c.train = cfg.train_defaults()
-  c.train.update(steps=1200, batch_size=32, lr=3e-3, warmup_steps=100, log_every=20,
+  c.train.update(steps=5000, batch_size=32, lr=3e-3, warmup_steps=100, log_every=20,
                  steps_per_call=10, checkpoint_every=600, eval_batches=8, eval_batch_size=64)
   if arg == "tiny":  # tests and the notebook: compiles and runs in seconds
     c.model.update(dim=32, heads=2, slots=(2, 4, 8), denoise_steps=2, dec_layers=1,

@@ -63,6 +63,7 @@ def make_system(config, task) -> System:
   retrieval_weight = float(config.model.get("retrieval_weight", 1.0))
   grad_split = bool(config.model.get("grad_split", False))
   write_weight = float(config.model.get("write_loss", 0.0))
+  bag_weight = float(config.model.get("bag_loss", 0.0))
   collapse = guardrails.CollapseConfig(**dict(config.model.get("collapse", {})))
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: HRSATRM(mc, rngs=nnx.Rngs(0))), nnx.Param)
   s2 = mc.slots[-1]
@@ -126,16 +127,27 @@ def make_system(config, task) -> System:
     loss = loss + kn["contrastive"] * loss_con
     metrics.update(loss_attn_sup=loss_sup, loss_contrastive=loss_con)
 
-    if write_weight:
-      # Write loss: each M2 slot predicts the bag of tokens in its own input region (through
-      # the tied embedding), so the memory is made to hold what its region says.
+    if write_weight or bag_weight:
+      # Write losses: the M2 slots must hold what their input regions say.
       slots_BxSxD = model.decoder.memory_tokens(memory)[:, -s2:]
-      logp = jax.nn.log_softmax(model.embed.attend(slots_BxSxD).astype(jnp.float32), -1)
-      onehot = jax.nn.one_hot(regions(batch["doc"], s2, fill=-1), logp.shape[-1])  # BxSxRxV
-      bag = onehot.sum(2) / jnp.maximum(onehot.sum((2, 3))[..., None], 1.0)
-      loss_write = -(bag * logp).sum(-1).mean()
+      region_BxSxR = regions(batch["doc"], s2, fill=-1)
+    if write_weight:  # rebuild the region token by token (see WriteHead)
+      logits_w = model.write_head(slots_BxSxD, region_BxSxR.shape[-1], model.embed)
+      valid = region_BxSxR >= 0
+      nll_w = _nll(logits_w, jnp.maximum(region_BxSxR, 0))
+      loss_write = jnp.where(valid, nll_w, 0.0).sum() / jnp.maximum(valid.sum(), 1)
       loss = loss + write_weight * loss_write
       metrics["loss_write"] = loss_write
+    if bag_weight:
+      # Bag of tokens through the tied embedding: each token of the region is linearly
+      # readable from the slot, in the space the decoder's logits live in, wherever in the
+      # region it sat (the position-by-position write head alone leaves that code nonlinear).
+      logp = jax.nn.log_softmax(model.embed.attend(slots_BxSxD).astype(jnp.float32), -1)
+      onehot = jax.nn.one_hot(region_BxSxR, logp.shape[-1])  # BxSxRxV
+      bag = onehot.sum(2) / jnp.maximum(onehot.sum((2, 3))[..., None], 1.0)
+      loss_bag = -(bag * logp).sum(-1).mean()
+      loss = loss + bag_weight * loss_bag
+      metrics["loss_bag"] = loss_bag
     return loss, (metrics, memory, logits, aux, control)
 
   def loss_fn(params, batch, guard: guardrails.GuardState, rng):

@@ -1,14 +1,15 @@
 """HRSA-TRM: long input -> O(N) local encoder -> diffusion memory cascade -> decoder.
 
-    doc BxN ─ Encoder (chunked local attention, window `chunk` + `halo`) ─> BxNxD
+    doc BxN ─ Encoder (ShiftMix, then chunked local attention, window `chunk` + `halo`) ─> BxNxD
             ─ DiffusionCascade (M0 -> M1 -> M2, T denoise steps, TRM inside) ─> DiffusionMemory
-    query BxL ─ Decoder (causal self-attention over the last `ctx` tokens
+    query BxL ─ Decoder (ShiftMix + causal self-attention, together the last `ctx` tokens,
                          + cross-attention to every memory level) ─> logits BxLxV
+    M2 slots  ─ WriteHead ─> each slot's region rebuilt token by token (the write loss)
 
 The decoder's cross-attention has no biases and reads RMS-normed slots, so an all-zero
 memory contributes exactly zero: `decode(memory.zeros_like())` equals
-`decode(None)` (the no-memory path). Memory-as-primary is a decoder whose self-attention
-window is `primary_keep` tokens: it sees only memory plus its last few tokens.
+`decode(None)` (the no-memory path). Memory-as-primary is a decoder whose window is
+`primary_keep` tokens: it sees only memory plus its last few tokens.
 """
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ class HRSAConfig:
   dec_layers: int = 2
   ctx: int = 512
   attention_backend: str = "auto"
+  enc_shift: int = 4        # encoder token i also sees tokens i-1..i-3 (a whole 4-token fact)
+  dec_shift: int = 3        # decoder token i also sees tokens i-1, i-2 (the query's key pair)
+  write_head: bool = True   # reconstruction head: each M2 slot rebuilds its region's tokens
 
 
 def sinusoid(positions_N: jax.Array, dim: int) -> jax.Array:
@@ -51,6 +55,34 @@ def sinusoid(positions_N: jax.Array, dim: int) -> jax.Array:
   freqs = jnp.exp(-math.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) / half)
   a = positions_N.astype(jnp.float32)[:, None] * freqs
   return jnp.concatenate([jnp.sin(a), jnp.cos(a)], axis=-1)
+
+
+class ShiftMix(nnx.Module):
+  """x_i + W [x_{i-1}, ..., x_{i-w+1}]: a causal width-w convolution mixing channels.
+
+  One token then carries a short span (a fact's key and value, a query's key pair), so
+  a single attention read can pick it up whole; attention alone needs an extra layer to
+  gather it first, and a slot that averages a region gets the span's parts apart.
+  """
+
+  def __init__(self, dim: int, width: int, rngs: nnx.Rngs):
+    if width < 1:
+      raise ValueError(f"shift width must be >= 1, got {width}")
+    self.width = width
+    self.proj = (nnx.Linear((width - 1) * dim, dim, use_bias=False, rngs=rngs)
+                 if width > 1 else None)
+
+  def __call__(self, x_BxTxD: jax.Array, window_B: jax.Array | None = None) -> jax.Array:
+    """`window_B`: per example, only lags below it are mixed in (the decoder's window)."""
+    if self.proj is None:
+      return x_BxTxD
+    t = x_BxTxD.shape[1]
+    xp = jnp.pad(x_BxTxD, ((0, 0), (self.width - 1, 0), (0, 0)))
+    lags = [xp[:, self.width - 1 - j: self.width - 1 - j + t] for j in range(1, self.width)]
+    if window_B is not None:
+      lags = [jnp.where((j < window_B)[:, None, None], lag, 0.0)
+              for j, lag in zip(range(1, self.width), lags)]
+    return x_BxTxD + self.proj(jnp.concatenate(lags, axis=-1))
 
 
 class EncoderBlock(nnx.Module):
@@ -82,6 +114,7 @@ class Encoder(nnx.Module):
   def __init__(self, cfg: HRSAConfig, embed: nnx.Embed, rngs: nnx.Rngs):
     self.cfg = cfg
     self.embed = embed
+    self.shift = ShiftMix(cfg.dim, cfg.enc_shift, rngs)
     self.blocks = nnx.List([EncoderBlock(cfg, rngs) for _ in range(cfg.enc_layers)])
     self.norm = RMSNorm(cfg.dim)
 
@@ -91,7 +124,7 @@ class Encoder(nnx.Module):
       raise ValueError(f"context length {n} exceeds the encoder's max_context "
                        f"{self.cfg.max_context}")
     pos = jnp.arange(n, dtype=jnp.int32)
-    x = self.embed(doc_BxN) + sinusoid(pos, self.cfg.dim)[None]
+    x = self.shift(self.embed(doc_BxN)) + sinusoid(pos, self.cfg.dim)[None]
     pos_BxN = jnp.broadcast_to(pos, (b, n))
     for blk in self.blocks:
       x = blk(x, pos_BxN, dense=dense)
@@ -131,6 +164,7 @@ class Decoder(nnx.Module):
   def __init__(self, cfg: HRSAConfig, embed: nnx.Embed, rngs: nnx.Rngs):
     self.cfg = cfg
     self.embed = embed
+    self.shift = ShiftMix(cfg.dim, cfg.dec_shift, rngs)
     self.blocks = nnx.List([DecoderBlock(cfg, rngs) for _ in range(cfg.dec_layers)])
     self.mem_norms = nnx.List([RMSNorm(cfg.dim) for _ in cfg.slots])
     self.norm = RMSNorm(cfg.dim)
@@ -144,10 +178,13 @@ class Decoder(nnx.Module):
     b, l = tokens_BxL.shape
     pos = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
     window = jnp.full((b,), self.cfg.ctx) if control.window_B is None else control.window_B
+    # The window counts the shift's lags: attention spans window - (shift - 1) tokens, so at
+    # every layer token i sees exactly tokens i - window + 1 .. i of the layer below.
+    attn_window = jnp.maximum(window - (self.shift.width - 1), 1)
     diff = pos[:, :, None] - pos[:, None, :]
-    mask = (diff >= 0) & (diff < window[:, None, None])
+    mask = (diff >= 0) & (diff < attn_window[:, None, None])
     mem = None if memory is None else self.memory_tokens(memory)
-    x = self.embed(tokens_BxL)
+    x = self.shift(self.embed(tokens_BxL), window)
     selfs, mems, probs = [], [], []
     for blk in self.blocks:
       x, s, m, p = blk(x, mask, mem, control.stop_self_grad)
@@ -155,6 +192,29 @@ class Decoder(nnx.Module):
     logits = self.embed.attend(self.norm(x))
     aux = {"self_out": selfs, "mem_out": mems, "mem_probs": probs}
     return logits, aux
+
+
+class WriteHead(nnx.Module):
+  """Reads each slot back out as the tokens of its input region, position by position.
+
+  Trained by the write loss (`hrsa_system`): a slot that can rebuild its region in order
+  must hold which tokens sit there, facts included, instead of an average of them (a
+  bag-of-tokens target let the frequent text tokens crowd the facts out).
+  """
+
+  def __init__(self, dim: int, rngs: nnx.Rngs):
+    self.dim = dim
+    self.pos = nnx.Linear(dim, dim, use_bias=False, rngs=rngs)
+    self.norm = RMSNorm(dim)
+    self.mlp = GatedMLP(dim, 4 * dim, rngs=rngs)
+    self.out_norm = RMSNorm(dim)
+
+  def __call__(self, slots_BxSxD: jax.Array, span: int, embed: nnx.Embed) -> jax.Array:
+    """BxSxD slots -> BxSxRxV logits for the R = `span` tokens of each slot's region."""
+    p = self.pos(sinusoid(jnp.arange(span), self.dim))
+    h = slots_BxSxD[:, :, None, :] + p[None, None]
+    h = h + self.mlp(self.norm(h))
+    return embed.attend(self.out_norm(h))
 
 
 class HRSATRM(nnx.Module):
@@ -170,6 +230,7 @@ class HRSATRM(nnx.Module):
                                    schedule=cfg.schedule, local_read=cfg.local_read,
                                    rngs=rngs)
     self.decoder = Decoder(cfg, self.embed, rngs)
+    self.write_head = WriteHead(cfg.dim, rngs) if cfg.write_head else None
 
   def ingest(self, doc_BxN: jax.Array, rng: jax.Array, *, unroll: bool = False):
     """doc -> (DiffusionMemory, per-level read probs BxHxSxN)."""

@@ -9,7 +9,7 @@ from memjax.models.hrsa_trm import DecodeControl, HRSAConfig, HRSATRM
 
 CFG = HRSAConfig(vocab_size=64, dim=16, heads=2, enc_layers=1, enc_chunk=8, enc_halo=5,
                  max_context=64, slots=(2, 4), denoise_steps=2, dec_layers=1, ctx=6,
-                 attention_backend="reference")
+                 enc_shift=4, dec_shift=3, attention_backend="reference")
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +35,40 @@ def test_zeroed_memory_equals_no_memory_path(model):
   assert not np.allclose(with_mem, without)   # the memory does reach the output
 
 
-def test_decoder_window_limits_context(model):
+@pytest.mark.parametrize("window", [1, 2, 4, 6])
+def test_decoder_window_is_exact(model, window):
+  # The window counts the decoder's ShiftMix lags too: the last token sees exactly the
+  # last `window` tokens (one decoder layer), no more and no fewer.
   doc = jax.random.randint(jax.random.key(1), (2, 32), 0, 64)
   memory, _ = model.ingest(doc, jax.random.key(3))
   t1 = jax.random.randint(jax.random.key(4), (2, 12), 0, 64)
-  t2 = t1.at[:, :4].set((t1[:, :4] + 1) % 64)         # change tokens far from the end
-  ctl = DecodeControl(window_B=jnp.array([4, 4]))
-  a, _ = model.decoder(t1, memory, ctl)
-  b, _ = model.decoder(t2, memory, ctl)
-  np.testing.assert_allclose(a[:, -1], b[:, -1], rtol=1e-5, atol=1e-5)
+  ctl = DecodeControl(window_B=jnp.array([window, window]))
+  last = lambda t: model.decoder(t, memory, ctl)[0][:, -1]
+  base = last(t1)
+  outside, inside = 12 - window - 1, 12 - window
+  changed = lambda i: t1.at[:, i].set((t1[:, i] + 1) % 64)
+  np.testing.assert_allclose(last(changed(outside)), base, rtol=1e-6, atol=1e-6)
+  assert np.abs(last(changed(inside)) - base).max() > 1e-3
 
 
 def test_context_longer_than_encoder_supports_raises(model):
   with pytest.raises(ValueError, match="max_context"):
     model.encoder(jnp.zeros((1, 65), jnp.int32))
+
+
+def test_encoder_shift_is_causal(model):
+  # Token i mixes in tokens i-1..i-3 (width 4) and nothing after it.
+  x = jax.random.normal(jax.random.key(5), (2, 10, CFG.dim))
+  y = model.encoder.shift(x)
+  y2 = model.encoder.shift(x.at[:, -1].add(1.0))
+  np.testing.assert_array_equal(y[:, :-1], y2[:, :-1])
+  y3 = model.encoder.shift(x.at[:, 5].add(1.0))   # reaches lags 1..3 after it, not lag 4
+  assert (np.abs(y3[:, 5:9] - y[:, 5:9]).max(axis=(0, 2)) > 0).all()
+  np.testing.assert_array_equal(y3[:, 9:], y[:, 9:])
+
+
+def test_write_head_rebuilds_each_region_position(model):
+  slots = jax.random.normal(jax.random.key(6), (2, 4, CFG.dim))
+  logits = model.write_head(slots, 8, model.embed)
+  assert logits.shape == (2, 4, 8, CFG.vocab_size)
+  assert not np.allclose(logits[:, :, 0], logits[:, :, 1])   # positions are told apart
