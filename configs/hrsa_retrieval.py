@@ -51,7 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = model_defaults()
   c.task = task_defaults()
   c.train = cfg.train_defaults()
-  c.train.update(steps=5000, batch_size=32, lr=3e-3, warmup_steps=100, log_every=20,
+  c.train.update(steps=4500, batch_size=32, lr=5e-3, warmup_steps=100, log_every=20,
                  steps_per_call=10, checkpoint_every=600, eval_batches=8, eval_batch_size=64)
   if arg == "tiny":  # tests and the notebook: compiles and runs in seconds
     c.model.update(dim=32, heads=2, slots=(2, 4, 8), denoise_steps=2, dec_layers=1,
