@@ -45,7 +45,7 @@ class HRSAConfig:
   dec_layers: int = 2
   ctx: int = 512
   attention_backend: str = "auto"
-  enc_shift: int = 4        # encoder token i also sees tokens i-1..i-3 (a whole 4-token fact)
+  enc_shift: int = 4        # encoder token i also sees tokens i+1..i+3 (a whole 4-token fact)
   dec_shift: int = 3        # decoder token i also sees tokens i-1, i-2 (the query's key pair)
   write_head: bool = True   # reconstruction head: each M2 slot rebuilds its region's tokens
 
@@ -60,15 +60,20 @@ def sinusoid(positions_N: jax.Array, dim: int) -> jax.Array:
 class ShiftMix(nnx.Module):
   """x_i + W [x_{i-1}, ..., x_{i-w+1}]: a causal width-w convolution mixing channels.
 
-  One token then carries a short span (a fact's key and value, a query's key pair), so
-  a single attention read can pick it up whole; attention alone needs an extra layer to
-  gather it first, and a slot that averages a region gets the span's parts apart.
+  One token then carries a short span (a query's key pair in the decoder), so a single
+  attention read can pick it up whole; attention alone needs an extra layer to gather it
+  first. `ahead=True` (the encoder) mixes in x_{i+1} .. x_{i+w-1} instead: a fact's first
+  token carries the whole fact, and no token past the fact carries any of it, so nothing a
+  slot could learn to read about a fact lies outside the fact's own region. (A causal
+  encoder shift let the read learn to take the token after a fact's value, which carries it
+  too; for facts ending on a region's last token that token is in the next region, and
+  those facts were missed: EM 0.04 there against 1.00 for every other placement.)
   """
 
-  def __init__(self, dim: int, width: int, rngs: nnx.Rngs):
+  def __init__(self, dim: int, width: int, rngs: nnx.Rngs, *, ahead: bool = False):
     if width < 1:
       raise ValueError(f"shift width must be >= 1, got {width}")
-    self.width = width
+    self.width, self.ahead = width, ahead
     self.proj = (nnx.Linear((width - 1) * dim, dim, use_bias=False, rngs=rngs)
                  if width > 1 else None)
 
@@ -76,12 +81,16 @@ class ShiftMix(nnx.Module):
     """`window_B`: per example, only lags below it are mixed in (the decoder's window)."""
     if self.proj is None:
       return x_BxTxD
-    t = x_BxTxD.shape[1]
-    xp = jnp.pad(x_BxTxD, ((0, 0), (self.width - 1, 0), (0, 0)))
-    lags = [xp[:, self.width - 1 - j: self.width - 1 - j + t] for j in range(1, self.width)]
+    t, w = x_BxTxD.shape[1], self.width
+    if self.ahead:
+      xp = jnp.pad(x_BxTxD, ((0, 0), (0, w - 1), (0, 0)))
+      lags = [xp[:, j: j + t] for j in range(1, w)]
+    else:
+      xp = jnp.pad(x_BxTxD, ((0, 0), (w - 1, 0), (0, 0)))
+      lags = [xp[:, w - 1 - j: w - 1 - j + t] for j in range(1, w)]
     if window_B is not None:
       lags = [jnp.where((j < window_B)[:, None, None], lag, 0.0)
-              for j, lag in zip(range(1, self.width), lags)]
+              for j, lag in zip(range(1, w), lags)]
     return x_BxTxD + self.proj(jnp.concatenate(lags, axis=-1))
 
 
@@ -114,7 +123,7 @@ class Encoder(nnx.Module):
   def __init__(self, cfg: HRSAConfig, embed: nnx.Embed, rngs: nnx.Rngs):
     self.cfg = cfg
     self.embed = embed
-    self.shift = ShiftMix(cfg.dim, cfg.enc_shift, rngs)
+    self.shift = ShiftMix(cfg.dim, cfg.enc_shift, rngs, ahead=True)
     self.blocks = nnx.List([EncoderBlock(cfg, rngs) for _ in range(cfg.enc_layers)])
     self.norm = RMSNorm(cfg.dim)
 

@@ -56,15 +56,23 @@ def test_context_longer_than_encoder_supports_raises(model):
     model.encoder(jnp.zeros((1, 65), jnp.int32))
 
 
-def test_encoder_shift_is_causal(model):
-  # Token i mixes in tokens i-1..i-3 (width 4) and nothing after it.
+def test_encoder_shift_looks_ahead_only(model):
+  # Token i mixes in tokens i+1..i+3 (width 4) and nothing before it.
   x = jax.random.normal(jax.random.key(5), (2, 10, CFG.dim))
   y = model.encoder.shift(x)
-  y2 = model.encoder.shift(x.at[:, -1].add(1.0))
+  y2 = model.encoder.shift(x.at[:, 0].add(1.0))
+  np.testing.assert_array_equal(y[:, 1:], y2[:, 1:])
+  y3 = model.encoder.shift(x.at[:, 5].add(1.0))   # reaches tokens 2..5, not 1 or 6
+  assert (np.abs(y3[:, 2:6] - y[:, 2:6]).max(axis=(0, 2)) > 0).all()
+  np.testing.assert_array_equal(y3[:, :2], y[:, :2])
+  np.testing.assert_array_equal(y3[:, 6:], y[:, 6:])
+
+
+def test_decoder_shift_is_causal(model):
+  x = jax.random.normal(jax.random.key(5), (2, 10, CFG.dim))
+  y = model.decoder.shift(x)
+  y2 = model.decoder.shift(x.at[:, -1].add(1.0))
   np.testing.assert_array_equal(y[:, :-1], y2[:, :-1])
-  y3 = model.encoder.shift(x.at[:, 5].add(1.0))   # reaches lags 1..3 after it, not lag 4
-  assert (np.abs(y3[:, 5:9] - y[:, 5:9]).max(axis=(0, 2)) > 0).all()
-  np.testing.assert_array_equal(y3[:, 9:], y[:, 9:])
 
 
 def test_write_head_rebuilds_each_region_position(model):
