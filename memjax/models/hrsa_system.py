@@ -44,6 +44,9 @@ def validate(config) -> None:
   cfg.positive(config, "model.dim", "model.heads", "model.denoise_steps", "model.trm_n",
                "model.trm_cycles", "model.ctx", "model.enc_chunk", "model.max_context")
   cfg.non_negative(config, "model.enc_halo")
+  for k in ("enc_shift", "dec_shift"):
+    w = m.get(k, 1)
+    cfg.require(isinstance(w, int) and w >= 1, f"model.{k}", f"must be an integer >= 1, got {w!r}")
   cfg.require(m.dim % m.heads == 0, "model.dim", f"{m.dim} is not divisible by heads={m.heads}")
   cfg.one_of(config, "model.schedule", ("cosine", "linear"))
   doc_len = cfg.get(config, "task.doc_len", 256)
@@ -139,9 +142,9 @@ def make_system(config, task) -> System:
       loss = loss + write_weight * loss_write
       metrics["loss_write"] = loss_write
     if bag_weight:
-      # Bag of tokens through the tied embedding: each token of the region is linearly
-      # readable from the slot, in the space the decoder's logits live in, wherever in the
-      # region it sat (the position-by-position write head alone leaves that code nonlinear).
+      # The first design's write loss: the bag of the region's tokens through the tied
+      # embedding. Off by default; alone the frequent text tokens crowded the facts out, and
+      # beside the write head it gained nothing (BUILD_NOTES.md, HRSA-TRM).
       logp = jax.nn.log_softmax(model.embed.attend(slots_BxSxD).astype(jnp.float32), -1)
       onehot = jax.nn.one_hot(region_BxSxR, logp.shape[-1])  # BxSxRxV
       bag = onehot.sum(2) / jnp.maximum(onehot.sum((2, 3))[..., None], 1.0)
