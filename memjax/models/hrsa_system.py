@@ -19,6 +19,7 @@ from flax import nnx
 from memjax import config as cfg
 from memjax.config import ConfigError
 from memjax.eval import guardrails
+from memjax.layers.local_attention import BACKENDS as LOCAL_BACKENDS
 from memjax.memory.diffusion import check_cascade, regions
 from memjax.models.hrsa_trm import DecodeControl, HRSAConfig, HRSATRM
 from memjax.training import remedies as remedies_lib
@@ -49,6 +50,8 @@ def validate(config) -> None:
     cfg.require(isinstance(w, int) and w >= 1, f"model.{k}", f"must be an integer >= 1, got {w!r}")
   cfg.require(m.dim % m.heads == 0, "model.dim", f"{m.dim} is not divisible by heads={m.heads}")
   cfg.one_of(config, "model.schedule", ("cosine", "linear"))
+  if "attention_backend" in m:
+    cfg.one_of(config, "model.attention_backend", LOCAL_BACKENDS)
   doc_len = cfg.get(config, "task.doc_len", 256)
   cfg.require(doc_len <= m.max_context, "task.doc_len",
               f"context of {doc_len} tokens exceeds the encoder's model.max_context={m.max_context}")

@@ -13,6 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
     ("--config.task.doc_len=65536", "task.doc_len"),
     ("--config.model.remedies=bottleneck,telepathy", "model.remedies"),
     ("--config.model.enc_shift=0", "model.enc_shift"),
+    ("--config.model.attention_backend=cuda", "model.attention_backend"),
 ])
 def test_bad_input_gives_one_line_error_and_exit_2(tmp_path, override, field):
   cmd = [sys.executable, "experiments/train.py", "--config=configs/hrsa_retrieval.py:tiny",
