@@ -77,6 +77,18 @@ def run_ablation(config, variants=VARIANTS, *, steps: int | None = None, log=pri
   return rows, histories
 
 
+def steps_to(history: list[dict], key: str = "retrieval_em", level: float = 0.9,
+             window: int = 10) -> int | None:
+  """First step at which the mean of `key` over the last `window` logged rows reaches
+  `level` (one row per compiled call; a single row's batch EM is too noisy), else None."""
+  vals = [r[key] for r in history if key in r]
+  steps = [r["step"] for r in history if key in r]
+  for i in range(window - 1, len(vals)):
+    if np.mean(vals[i - window + 1:i + 1]) >= level:
+      return steps[i]
+  return None
+
+
 def format_row(row: dict) -> str:
   f = lambda x: "n/a" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
   return "| " + " | ".join(f(row.get(c)) for c in COLUMNS) + " |"
