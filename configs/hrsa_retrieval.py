@@ -27,6 +27,7 @@ def model_defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       name="hrsa_trm",
       dim=64, heads=4, enc_layers=1, enc_chunk=16, enc_halo=16, max_context=32_768,
+      enc_token_block=2048,    # encoder MLP in blocks of this many tokens (cache; 0 = off)
       slots=(4, 8, 16), denoise_steps=2, trm_n=2, trm_cycles=1, one_step_grad=True,
       sigma_max=1.0, schedule="cosine", dec_layers=2, ctx=512, attention_backend="auto",
       enc_shift=4, dec_shift=3,  # ShiftMix widths: encoder looks ahead, decoder back

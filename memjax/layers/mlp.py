@@ -1,4 +1,4 @@
-"""Gated feed-forward blocks (SwiGLU, GeGLU)."""
+"""Gated feed-forward blocks (SwiGLU, GeGLU), and a token-blocked way to apply them."""
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -25,3 +25,20 @@ class GatedMLP(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.down(ACTIVATIONS[self.act](self.gate(x)) * self.up(x))
+
+
+def blockwise(fn, x_BxNxD: jax.Array, block: int) -> jax.Array:
+  """fn over the tokens of x in blocks of `block` (lax.map), for a per-token `fn`.
+
+  Same result as fn(x); its intermediates (an MLP's BxNx4D hidden layer) then stay in cache:
+  on the 2-core CPU a 64-wide GatedMLP took 22x as long at 16k tokens as at 2k, blocked 7.8x.
+  `block` <= 0, or a sequence no longer than it, applies fn directly. A ragged tail is padded.
+  """
+  b, n, d = x_BxNxD.shape
+  if block <= 0 or n <= block:
+    return fn(x_BxNxD)
+  nb = -(-n // block)
+  xp = jnp.pad(x_BxNxD, ((0, 0), (0, nb * block - n), (0, 0)))
+  xs = jnp.moveaxis(xp.reshape(b, nb, block, d), 1, 0)
+  out = jax.lax.map(fn, xs)
+  return jnp.moveaxis(out, 0, 1).reshape(b, nb * block, -1)[:, :n]

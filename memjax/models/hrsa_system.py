@@ -45,6 +45,8 @@ def validate(config) -> None:
   cfg.positive(config, "model.dim", "model.heads", "model.denoise_steps", "model.trm_n",
                "model.trm_cycles", "model.ctx", "model.enc_chunk", "model.max_context")
   cfg.non_negative(config, "model.enc_halo")
+  if "enc_token_block" in m:
+    cfg.non_negative(config, "model.enc_token_block")
   for k in ("enc_shift", "dec_shift"):
     w = m.get(k, 1)
     cfg.require(isinstance(w, int) and w >= 1, f"model.{k}", f"must be an integer >= 1, got {w!r}")

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from memjax.layers import (Attention, CrossAttention, GatedMLP, RMSNorm, attend, local_attention,
-                           local_mask)
+from memjax.layers import (Attention, CrossAttention, GatedMLP, RMSNorm, attend, blockwise,
+                           local_attention, local_mask)
 from memjax.memory.diffusion import DiffusionCascade, DiffusionMemory
 
 
@@ -33,6 +33,7 @@ class HRSAConfig:
   enc_layers: int = 1
   enc_chunk: int = 16
   enc_halo: int = 16
+  enc_token_block: int = 2048  # encoder MLP over blocks of this many tokens (0: all at once)
   max_context: int = 32_768
   slots: tuple[int, ...] = (4, 8, 16)
   denoise_steps: int = 2
@@ -114,7 +115,8 @@ class EncoderBlock(nnx.Module):
       a = local_attention(q, k, v, chunk=c.enc_chunk, halo=c.enc_halo,
                           backend=c.attention_backend)
     x = x_BxNxD + self.attn.out(a)
-    return x + self.mlp(self.norm2(x))
+    # Blocked so that the MLP's hidden layer stays in cache at long inputs (memjax.layers.mlp).
+    return x + blockwise(lambda y: self.mlp(self.norm2(y)), x, c.enc_token_block)
 
 
 class Encoder(nnx.Module):

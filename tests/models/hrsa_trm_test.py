@@ -1,4 +1,6 @@
 """HRSA-TRM model: encoder local == masked dense, zeroed memory == no-memory path."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +24,12 @@ def test_encoder_chunked_local_equals_masked_dense(model):
   local = model.encoder(doc)
   dense = model.encoder(doc, dense=True)
   np.testing.assert_allclose(local, dense, rtol=1e-5, atol=1e-5)
+
+
+def test_encoder_token_blocked_mlp_equals_unblocked():
+  make = lambda blk: HRSATRM(dataclasses.replace(CFG, enc_token_block=blk), rngs=nnx.Rngs(0))
+  doc = jax.random.randint(jax.random.key(4), (2, 45), 0, 64)   # 3 blocks, the last ragged
+  np.testing.assert_allclose(make(16).encoder(doc), make(0).encoder(doc), rtol=1e-5, atol=1e-5)
 
 
 def test_zeroed_memory_equals_no_memory_path(model):
