@@ -6,8 +6,8 @@ import pytest
 from nbclient import NotebookClient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# hrsa_remedies trains seven variants even on its tiny config (~3 min on 2 cores): slow, and
-# tests/experiments/hrsa_notebook_test.py also checks its table.
+# hrsa_remedies is executed (and its table checked) by tests/experiments/hrsa_notebook_test.py
+# in the default run; here it would run a second time, so only with -m slow.
 SLOW = {"hrsa_remedies.ipynb"}
 NOTEBOOKS = [pytest.param(f, marks=pytest.mark.slow) if f in SLOW else f
              for f in sorted(os.listdir(os.path.join(ROOT, "notebooks"))) if f.endswith(".ipynb")]

@@ -2,13 +2,12 @@
 import os
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.mark.slow  # ~3.5 min on the shared 2-core CPU (mostly one compile); see BUILD_NOTES.md (HRSA-TRM section)
+# ~45 s alone on the 2-core CPU (one compile serves all seven variants), so in the default run.
 def test_remedies_notebook_runs_and_prints_the_table(monkeypatch):
   monkeypatch.setenv("HRSA_NB_CONFIG", "tiny")
   monkeypatch.setenv("HRSA_NB_STEPS", "10")
