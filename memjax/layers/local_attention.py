@@ -17,8 +17,9 @@ from memjax.layers.attention import NEG_INF
 
 BACKENDS = ("auto", "reference", "blocked", "pallas")
 # `auto` off GPU: above this many bytes of float32 scores the all-at-once reference leaves
-# the CPU's caches (16k tokens, window 512: 32 MiB, and 1.9x the time per token of 2k
-# tokens), so the blocked path takes over; below it the reference is as fast or faster.
+# the CPU's caches (16k tokens, window 512: 32 MiB; its attention took 18x the time of 2k
+# tokens for 8x the tokens, blocked 8.0x: BUILD_NOTES.md, HRSA-TRM third session), so the
+# blocked path takes over; below it the reference is as fast and runs op for op as before.
 BLOCKED_ABOVE_BYTES = 8 << 20
 
 
