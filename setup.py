@@ -8,7 +8,7 @@ setuptools.setup(
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["memjax", "memjax.*"]) + ["memjax.kernels"],
     package_dir={"memjax.kernels": "kernels"},
-    package_data={"memjax.models.pretrained": ["GEMMA_NOTICE"]},
+    package_data={"memjax.pretrained": ["GEMMA_NOTICE"]},
     install_requires=[
         "jax>=0.10,<0.11",
         "flax>=0.12.8,<0.13",

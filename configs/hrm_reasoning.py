@@ -12,9 +12,9 @@ accuracy by test-time H cycles 1: 0.262, 2: 0.767, 3: 0.838, 4 (trained): 0.842,
 """
 import ml_collections
 
-from memjax import config as cfg
-from memjax.data.hrrm_tasks import PointerRoots
-from memjax.models import hrrm
+from memjax.core import config as cfg
+from memjax.hrrm.tasks import PointerRoots
+from memjax.hrrm import model as hrrm
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -11,9 +11,9 @@ detection accuracy 1.000 (chance 0.167), perplexity 1.53. See BUILD_NOTES.md (HR
 """
 import ml_collections
 
-from memjax import config as cfg
-from memjax.data.hrrm_tasks import PlanTraces
-from memjax.models import hrrm
+from memjax.core import config as cfg
+from memjax.hrrm.tasks import PlanTraces
+from memjax.hrrm import model as hrrm
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -11,9 +11,9 @@ generation accuracy 0.996, self-consistency (k=5) 0.992 (chance 0.026). See BUIL
 """
 import ml_collections
 
-from memjax import config as cfg
-from memjax.data.hrrm_tasks import ArithmeticScratchpad
-from memjax.models import hrrm
+from memjax.core import config as cfg
+from memjax.hrrm.tasks import ArithmeticScratchpad
+from memjax.hrrm import model as hrrm
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -23,7 +23,7 @@ BUILD_NOTES.md (HRSA-TRM, third session).
 """
 import ml_collections
 
-from memjax import config as cfg
+from memjax.core import config as cfg
 
 
 def model_defaults() -> ml_collections.ConfigDict:
@@ -34,7 +34,7 @@ def model_defaults() -> ml_collections.ConfigDict:
       slots=(4, 8, 16), denoise_steps=2, trm_n=2, trm_cycles=1, one_step_grad=True,
       sigma_max=1.0, schedule="cosine", dec_layers=2, ctx=512, attention_backend="auto",
       enc_shift=4, dec_shift=3,  # ShiftMix widths: encoder looks ahead, decoder back
-      remedies="attn_sup",     # comma-separated names from memjax.training.remedies.REMEDIES
+      remedies="attn_sup",     # comma-separated names from memjax.hrsa.remedies.REMEDIES
       # The decoder sees 12 tokens (tail 8 + query 4): ablation keeps 6 of them, so it bites
       # (the paper's keep-16 of a 512-token context would keep them all).
       remedy=dict(bottleneck_ctx=8, ablate_p=0.5, ablate_keep=6, attn_sup_weight=1.0,

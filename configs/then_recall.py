@@ -10,9 +10,9 @@ Measured 2026-11-23, 2-core CPU (quiet): accuracy 1.000 in 65.8 s wall for the w
 """
 import ml_collections
 
-from memjax import config as cfg
+from memjax.core import config as cfg
 from memjax.data.recall import AssocRecall
-from memjax.models import then
+from memjax.then import model as then
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

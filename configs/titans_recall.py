@@ -12,9 +12,9 @@ See BUILD_NOTES.md (HRRM section) (ablations there too).
 """
 import ml_collections
 
-from memjax import config as cfg
+from memjax.core import config as cfg
 from memjax.data.recall import AssocRecall
-from memjax.models import hrrm
+from memjax.hrrm import model as hrrm
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -9,7 +9,7 @@ import sys
 
 from absl import app, flags
 
-from memjax.eval import phase1a_report as report
+from memjax.dcm import report
 
 _WORKDIR = flags.DEFINE_list("workdir", None, "Workdir(s) of experiments/phase1a.py runs.")
 _OUT = flags.DEFINE_string("out", None, "Where the PNGs go (default: the first workdir).")

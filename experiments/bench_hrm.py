@@ -25,8 +25,8 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Compile timings per size (the med
 def bench(config, n: int, unroll: bool, steps: int, repeats: int):
   import jax
   import numpy as np
-  from memjax.training import loop
-  from memjax.training.step import make_train_step
+  from memjax.core import loop
+  from memjax.core.step import make_train_step
   c = config.copy_and_resolve_references()
   c.model.update(max_H=n, inner_T=n, unroll=unroll)
   task, system, tx = loop.build(c)

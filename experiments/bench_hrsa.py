@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from memjax.models.hrsa_trm import HRSAConfig, HRSATRM
+from memjax.hrsa.model import HRSAConfig
+from memjax.hrsa.model import HRSATRM
 
 _LENGTHS = flags.DEFINE_list("lengths", ["2048", "4096", "8192", "16384"], "Input lengths.")
 _BACKENDS = flags.DEFINE_list("backends", ["auto", "reference", "blocked"],

@@ -30,8 +30,8 @@ def main(argv):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                " --xla_cpu_multi_thread_eigen=false").strip()
   from memjax.data import qa
-  from memjax.memory import phase1a
-  from memjax.memory import soft_prompt as sp
+  from memjax.dcm import phase1a
+  from memjax.dcm import soft_prompt as sp
   import importlib.util
   spec = importlib.util.spec_from_file_location("p1a_cfg", os.path.join(
       os.path.dirname(os.path.abspath(__file__)), "..", "configs", "phase1a.py"))

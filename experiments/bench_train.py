@@ -15,9 +15,10 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from memjax.models import then
-from memjax.training import loop
-from memjax.training.step import make_multi_step, make_train_step
+from memjax.then import model as then
+from memjax.core import loop
+from memjax.core.step import make_multi_step
+from memjax.core.step import make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/then_recall.py", "Config file.",
                                           lock_config=False)

@@ -20,7 +20,7 @@ _SYNTHETIC = flags.DEFINE_integer("synthetic", 2000, "Synthetic DSL/arithmetic e
 
 
 def corpus_texts(patterns, synthetic: int):
-  from memjax.data import hrrm_tasks
+  from memjax.hrrm import tasks as hrrm_tasks
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   patterns = patterns or [os.path.join(root, "**", "*.md"), os.path.join(root, "**", "*.py")]
   files = sorted({f for p in patterns for f in glob.glob(p, recursive=True) if os.path.isfile(f)})
@@ -39,7 +39,7 @@ def corpus_texts(patterns, synthetic: int):
 
 def main(argv):
   del argv
-  from memjax.data import hrrm_tokenizer
+  from memjax.hrrm import tokenizer as hrrm_tokenizer
   try:
     tok = hrrm_tokenizer.train(corpus_texts(_CORPUS.value, _SYNTHETIC.value), _VOCAB.value)
     hrrm_tokenizer.check(tok)

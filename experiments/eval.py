@@ -6,8 +6,8 @@ import sys
 
 from absl import app, flags, logging
 
-from memjax import cli
-from memjax.eval import yardstick
+from memjax.core import cli
+from memjax.core import yardstick
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiments/train.py.")
 
@@ -15,7 +15,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by experiment
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  from memjax.training import loop  # pylint: disable=g-import-not-at-top
+  from memjax.core import loop  # pylint: disable=g-import-not-at-top
   results = cli.run_guarded(loop.evaluate_workdir, _WORKDIR.value)
   print(yardstick.format_table(results))
   print(f"results: {_WORKDIR.value}/results.json")

@@ -6,7 +6,7 @@
   python experiments/export_hrrm.py --check=artifacts/hrrm/planner      # reload only
 
 The folder holds config.json, model.safetensors, tokenizer.json; memjax reloads
-it bit-exactly (memjax.models.hrrm_export.load), which this binary verifies.
+it bit-exactly (memjax.hrrm.export.load), which this binary verifies.
 """
 import os
 import sys
@@ -26,10 +26,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   import jax
   import numpy as np
-  from memjax import checkpointing
-  from memjax.data import hrrm_tokenizer
-  from memjax.models import hrrm_export
-  from memjax.training import loop
+  from memjax.core import checkpointing
+  from memjax.hrrm import tokenizer as hrrm_tokenizer
+  from memjax.hrrm import export as hrrm_export
+  from memjax.core import loop
   try:
     if _CHECK.value:
       m, params = hrrm_export.load(_CHECK.value)

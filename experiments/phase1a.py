@@ -12,7 +12,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from memjax import cli
+from memjax.core import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/phase1a*.py[:arg]).",
                                           lock_config=False)
@@ -23,8 +23,8 @@ _INIT_MULTIHOST = cli.define_multihost_flags()
 def main(argv):
   del argv
   _INIT_MULTIHOST()
-  from memjax.eval import yardstick  # pylint: disable=g-import-not-at-top
-  from memjax.memory import phase1a  # pylint: disable=g-import-not-at-top
+  from memjax.core import yardstick  # pylint: disable=g-import-not-at-top
+  from memjax.dcm import phase1a  # pylint: disable=g-import-not-at-top
   examples, loaded = cli.run_guarded(phase1a.prepare, _CONFIG.value)
   results = phase1a.run(_CONFIG.value, _WORKDIR.value, examples=examples, loaded=loaded)
   print(yardstick.format_table(results))

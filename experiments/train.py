@@ -7,8 +7,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from memjax import cli
-from memjax.eval import yardstick
+from memjax.core import cli
+from memjax.core import yardstick
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
                                           lock_config=False)
@@ -20,7 +20,7 @@ _INIT_MULTIHOST = cli.define_multihost_flags()
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  from memjax.training import loop  # pylint: disable=g-import-not-at-top
+  from memjax.core import loop  # pylint: disable=g-import-not-at-top
   _INIT_MULTIHOST()
   results = cli.run_guarded(loop.train, _CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
   results.pop("state", None)

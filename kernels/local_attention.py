@@ -38,6 +38,8 @@ import jax
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
+
+from memjax.layers.local_attention import local_attention_reference  # noqa: F401  the oracle, importable beside the kernel
 import jax.numpy as jnp
 
 # Finite, so a block whose keys are all masked for a row cannot make NaNs

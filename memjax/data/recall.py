@@ -15,7 +15,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from memjax import config as cfg
+from memjax.core import config as cfg
 
 SPLITS = {"train": 0, "eval": 1, "test": 2}
 

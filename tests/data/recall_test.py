@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from memjax.data import recall, tasks
+from memjax.data import recall
+from memjax.core import tasks
 
 
 @pytest.mark.parametrize("klass", [recall.AssocRecall, recall.Passkey, recall.KVRecall])

@@ -1,0 +1,100 @@
+"""The HRSA remedies ablation: one compiled train step, every remedy as data.
+
+Each variant (no remedy, each remedy alone, memory-as-primary) trains from the same
+initial parameters on the same batches for the same number of steps, then gets the
+memory-use yardstick plus adversarial EM. The remedies travel inside the batch as
+`knobs` (memjax.hrsa.remedies.knobs), so the step compiles once for all variants.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+
+import jax
+import numpy as np
+
+from memjax.core import registry as systems
+from memjax.core import tasks
+from memjax.core import yardstick
+from memjax.hrsa import remedies as remedies_lib
+from memjax.core.loop import init_state
+from memjax.core.optim import make_optimizer
+from memjax.core.step import make_multi_step
+from memjax.core.step import make_train_step
+
+VARIANTS = ("none",) + remedies_lib.REMEDIES
+COLUMNS = ("variant", "accuracy", "accuracy_memory_zeroed", "accuracy_memory_shuffled",
+           "accuracy_no_memory", "accuracy_adversarial", "delta_zero", "memory_cosine", "seconds")
+
+
+def _with_knobs(batch: dict, knobs: dict, lead: int | None = None) -> dict:
+  shape = () if lead is None else (lead,)
+  return dict(batch, knobs={k: np.full(shape, v, np.asarray(v).dtype) for k, v in knobs.items()})
+
+
+def run_ablation(config, variants=VARIANTS, *, steps: int | None = None, log=print):
+  """Returns (rows, histories): one yardstick row and one metrics history per variant."""
+  for v in variants:
+    if v != "none":
+      remedies_lib.parse([v])
+  t = config.train
+  steps = steps or t.steps
+  task = tasks.make_task(config.task)
+  system = systems.make_system(config, task)
+  tx = make_optimizer(config.train)
+  step_fn = jax.jit(make_multi_step(make_train_step(system.loss, tx)), donate_argnums=0)
+  eval_fn = jax.jit(system.evaluate, static_argnums=2)
+  k = t.steps_per_call
+  bs = t.get("eval_batch_size", t.batch_size)
+  eval_raw = list(itertools.islice(iter(task.batches("eval", bs, t.seed)), t.eval_batches))
+  adv_raw = list(itertools.islice(iter(task.batches("adversarial", bs, t.seed)), t.eval_batches))
+  knobs_cfg = config.model.get("remedy", None)
+  rows, histories = [], {}
+  for v in variants:
+    rem = remedies_lib.parse([] if v == "none" else [v], knobs_cfg)
+    kn = remedies_lib.knobs(rem, config.model.ctx)
+    state = init_state(config, system, tx)
+    it = iter(task.batches("train", t.batch_size, t.seed))
+    hist = []
+    t0 = time.time()
+    for call in range(steps // k):
+      batches = jax.tree.map(lambda *b: np.stack(b), *itertools.islice(it, k))
+      state, metrics = step_fn(state, _with_knobs(batches, kn, k))
+      hist.append({"step": (call + 1) * k, **{m: float(x) for m, x in
+                                                jax.device_get(metrics).items() if np.ndim(x) == 0}})
+    seconds = time.time() - t0
+    res = yardstick.evaluate(eval_fn, state.params, [_with_knobs(b, kn) for b in eval_raw],
+                             task.chance)
+    correct = count = 0.0
+    for b in adv_raw:
+      out = eval_fn(state.params, _with_knobs(b, kn), "memory")
+      correct, count = correct + float(out["correct"]), count + float(out["count"])
+    res["accuracy_adversarial"] = correct / max(count, 1.0)
+    row = {"variant": v, **{c: res.get(c) for c in COLUMNS[1:-1]}, "seconds": seconds}
+    rows.append(row)
+    histories[v] = hist
+    if log:
+      log(format_row(row))
+  return rows, histories
+
+
+def steps_to(history: list[dict], key: str = "retrieval_em", level: float = 0.9,
+             window: int = 10) -> int | None:
+  """First step at which the mean of `key` over the last `window` logged rows reaches
+  `level` (one row per compiled call; a single row's batch EM is too noisy), else None."""
+  vals = [r[key] for r in history if key in r]
+  steps = [r["step"] for r in history if key in r]
+  for i in range(window - 1, len(vals)):
+    if np.mean(vals[i - window + 1:i + 1]) >= level:
+      return steps[i]
+  return None
+
+
+def format_row(row: dict) -> str:
+  f = lambda x: "n/a" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+  return "| " + " | ".join(f(row.get(c)) for c in COLUMNS) + " |"
+
+
+def format_table(rows) -> str:
+  head = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS)
+  return head + "\n" + "\n".join(format_row(r) for r in rows)

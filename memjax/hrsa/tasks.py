@@ -1,0 +1,189 @@
+"""HRSA retrieval: key -> value facts buried in a long document, asked about after it.
+
+A document of `doc_len` tokens is Markov "text" (next = perm[cur] with prob `text_p`)
+with facts `[FACT, ka, kb, value]` written into distinct `chunk`-token chunks. The
+decoder sees only the document's last `tail` tokens, then `[QUERY, ka, kb, ANS]`, and
+must emit `value`. The asked-for fact never lies in the tail, so it is out of the
+decoder's reach: only the memory built from the document can hold it.
+
+Adversarial distractors share `ka` with the asked-for fact and differ in `kb`
+(near-identical keys); they may sit in the tail, tempting a decoder that copies
+from its local context. Ordinary distractors have unrelated keys.
+
+Batches mix LM examples (predict the document's continuation from the tail, every
+position scored) and retrieval examples (only the answer scored) at
+`retrieval_fraction` (0.2 by default: 80% LM / 20% retrieval).
+
+Curriculum (train split, by batch index = step): `easy` until `curriculum_steps[0]`
+(target fact in the last quarter, `easy_distractors`, no adversarial keys), `target`
+until `curriculum_steps[1]`, then `hard` (more distractors, two adversarial). The
+`eval` split is all retrieval at the target stage; `adversarial` is the same with at
+least one adversarial distractor in every example.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import grain
+import numpy as np
+
+from memjax.core.config import ConfigError
+
+PAD, BOS, FACT, QUERY, ANS = 0, 1, 2, 3, 4
+NUM_SPECIAL = 5
+SPLITS = ("train", "eval", "adversarial")
+STAGES = ("easy", "target", "hard")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  distractors: int
+  adversarial: int          # adversarial distractors (each with prob adversarial_p, or always)
+  near_quarter: bool        # target fact within the last quarter of the document
+
+
+class HRSARetrievalTask:
+  """Task contract: vocab_size, chance, batches(split, batch_size, seed)."""
+
+  def __init__(self, config):
+    c = dict(config)
+    self.doc_len = int(c.get("doc_len", 256))
+    self.chunk = int(c.get("chunk", 16))
+    self.tail = int(c.get("tail", 16))
+    self.n_ka = int(c.get("n_ka", 16))
+    self.n_kb = int(c.get("n_kb", 16))
+    self.n_values = int(c.get("n_values", 32))
+    self.n_text = int(c.get("n_text", 32))
+    self.text_p = float(c.get("text_p", 0.9))
+    self.retrieval_fraction = float(c.get("retrieval_fraction", 0.2))
+    self.curriculum_steps = tuple(int(s) for s in c.get("curriculum_steps", (200, 2000)))
+    self.easy_distractors = int(c.get("easy_distractors", 2))
+    self.target_distractors = int(c.get("target_distractors", 6))
+    self.hard_distractors = int(c.get("hard_distractors", 10))
+    self.adversarial_p = float(c.get("adversarial_p", 0.5))
+    self._check()
+    self.ka0 = NUM_SPECIAL
+    self.kb0 = self.ka0 + self.n_ka
+    self.v0 = self.kb0 + self.n_kb
+    self.t0 = self.v0 + self.n_values
+    used = self.t0 + self.n_text
+    self.vocab_size = int(c.get("vocab_size", -(-used // 32) * 32))
+    if self.vocab_size < used:
+      raise ConfigError(f"task.vocab_size: {self.vocab_size} < {used} tokens the task uses")
+    self.chance = 1.0 / self.n_values
+    self.seq_len = self.tail + 4
+    self.perm = np.random.default_rng(1234).permutation(self.n_text)
+    self.stages = {
+        "easy": Stage(self.easy_distractors, 0, True),
+        "target": Stage(self.target_distractors, 1, False),
+        "hard": Stage(self.hard_distractors, 2, False),
+    }
+
+  @staticmethod
+  def validate(task_config) -> None:
+    """Raises ConfigError naming the field (called by the loop before anything compiles)."""
+    HRSARetrievalTask(task_config)
+
+  def _check(self):
+    if self.chunk < 4:
+      raise ConfigError(f"task.chunk: must be >= 4 (a fact is 4 tokens), got {self.chunk}")
+    if self.doc_len % self.chunk:
+      raise ConfigError(f"task.doc_len: {self.doc_len} is not a multiple of task.chunk {self.chunk}")
+    if self.tail % self.chunk or self.tail >= self.doc_len // 2:
+      raise ConfigError(f"task.tail: must be a multiple of chunk below doc_len/2, got {self.tail}")
+    free = (self.doc_len - self.tail) // self.chunk
+    for name in ("easy_distractors", "target_distractors", "hard_distractors"):
+      if getattr(self, name) + 1 > self.doc_len // self.chunk - 1:
+        raise ConfigError(f"task.{name}: {getattr(self, name)} distractors do not fit in "
+                          f"{self.doc_len // self.chunk} chunks of a {self.doc_len}-token document")
+    if not 0.0 <= self.retrieval_fraction <= 1.0:
+      raise ConfigError(f"task.retrieval_fraction: must lie in [0, 1], got "
+                       f"{self.retrieval_fraction}")
+
+  def stage_at(self, step: int) -> str:
+    if step < self.curriculum_steps[0]:
+      return "easy"
+    return "target" if step < self.curriculum_steps[1] else "hard"
+
+  # -- generation ---------------------------------------------------------------------------
+
+  def _text(self, rng: np.random.Generator, n: int) -> np.ndarray:
+    out = np.empty(n, np.int64)
+    cur = rng.integers(self.n_text)
+    jumps = rng.random(n) > self.text_p
+    rand = rng.integers(self.n_text, size=n)
+    for i in range(n):
+      cur = rand[i] if jumps[i] else self.perm[cur]
+      out[i] = cur
+    return out + self.t0
+
+  def example(self, rng: np.random.Generator, stage: str, retrieval: bool,
+              force_adversarial: bool = False) -> dict:
+    st = self.stages[stage]
+    n, c, tail = self.doc_len, self.chunk, self.tail
+    stream = self._text(rng, n + self.seq_len + 1)
+    doc = stream[:n].copy()
+    n_chunks = n // c
+    free_chunks = (n - tail) // c               # chunks wholly before the tail
+    lo = free_chunks - max(1, free_chunks // 4) if st.near_quarter else 0
+    tgt_chunk = int(rng.integers(lo, free_chunks))
+    ka, kb = int(rng.integers(self.n_ka)), int(rng.integers(self.n_kb))
+    value = int(rng.integers(self.n_values))
+    n_adv = st.adversarial if force_adversarial else int(
+        (rng.random(st.adversarial) < self.adversarial_p).sum())
+    if force_adversarial:
+      n_adv = max(n_adv, 1)
+    others = [ch for ch in range(n_chunks) if ch != tgt_chunk]
+    chunks = rng.permutation(others)[:st.distractors]
+    used_keys = {(ka, kb)}
+    facts = [(tgt_chunk, ka, kb, value)]
+    for i, ch in enumerate(chunks):
+      while True:
+        if i < n_adv:
+          k = (ka, int(rng.integers(self.n_kb)))
+        else:
+          k = (int(rng.integers(self.n_ka)), int(rng.integers(self.n_kb)))
+        if k not in used_keys:
+          break
+      used_keys.add(k)
+      facts.append((int(ch), k[0], k[1], int(rng.integers(self.n_values))))
+    src = -1
+    for j, (ch, a, b, v) in enumerate(facts):
+      off = ch * c + int(rng.integers(c - 3))
+      doc[off:off + 4] = (FACT, self.ka0 + a, self.kb0 + b, self.v0 + v)
+      if j == 0:
+        src = off
+    l = self.seq_len
+    if retrieval:
+      tokens = np.concatenate([doc[n - tail:], [QUERY, self.ka0 + ka, self.kb0 + kb, ANS]])
+      targets = np.zeros(l, np.int64)
+      targets[-1] = self.v0 + value
+      weights = np.zeros(l, np.float32)
+      weights[-1] = 1.0
+    else:
+      full = np.concatenate([doc, stream[n:]])
+      tokens = full[n - tail:n - tail + l]
+      targets = full[n - tail + 1:n - tail + l + 1]
+      weights = np.ones(l, np.float32)
+    return dict(doc=doc.astype(np.int32), tokens=tokens.astype(np.int32),
+                targets=targets.astype(np.int32), weights=weights,
+                is_retrieval=np.bool_(retrieval), answer=np.int32(self.v0 + value),
+                src_start=np.int32(src if retrieval else -1),
+                adversarial=np.bool_(retrieval and n_adv > 0))
+
+  def batches(self, split: str, batch_size: int, seed: int):
+    """An endless grain IterDataset of dict batches (resumable via get_state/set_state)."""
+    if split not in SPLITS:
+      raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    split_id = SPLITS.index(split)
+
+    def make(index):
+      rng = np.random.default_rng((seed, split_id, int(index)))
+      if split == "train":
+        stage = self.stage_at(int(index) // batch_size)
+        retrieval = bool(rng.random() < self.retrieval_fraction)
+        return self.example(rng, stage, retrieval)
+      return self.example(rng, "target", True, force_adversarial=split == "adversarial")
+
+    ds = grain.MapDataset.range(10 ** 12).map(make).batch(batch_size, drop_remainder=True)
+    return ds.to_iter_dataset()

@@ -1,0 +1,214 @@
+"""THEN live memory: local causal attention plus attention over stored traces.
+
+Each segment's tokens attend, in one softmax, to the causal prefix of their own
+segment and to the traces (per-layer keys/values) that earlier segments wrote
+into a bounded ring buffer. The trace memory is an explicit pytree carried
+across segments (TBPTT) and, for contiguous streams, across batches.
+
+  ingest(tokens, state) -> state          write a stream into memory
+  query(tokens, state)  -> logits, state  answer from memory (incognito: no write)
+"""
+from __future__ import annotations
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from memjax.core import config as cfg
+from memjax.core import yardstick
+from memjax.layers import Attention, GatedMLP, RMSNorm, TokenShift, attend, causal_mask
+from memjax.then import traces as traces_lib
+from memjax.core import tbptt
+from memjax.core.system import System
+
+WRITE_POLICIES = ("all", "last")
+
+
+@flax.struct.dataclass
+class ThenState:
+  traces: traces_lib.TraceMemory
+  shift_BxWxD: jax.Array         # token-shift tail: the last inputs of the previous segment
+
+
+def defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      name="then", dim=64, layers=2, heads=4, kv_heads=4, mlp_ratio=2, shift_width=2,
+      capacity=64, write="all", write_last=16, read_memory=True, truncate_every=0,
+      segment_len=0))  # 0: the task's own segment length
+
+
+class HybridTHENAttention(nnx.Module):
+  """One softmax over [memory traces | causal segment prefix]; no positions on traces."""
+
+  def __init__(self, dim: int, heads: int, kv_heads: int, *, rngs: nnx.Rngs):
+    self.attn = Attention(dim, heads, kv_heads, rope_theta=None, rngs=rngs)
+
+  def __call__(self, x_BxSxD, mem_k_BxCxKxD, mem_v_BxCxKxD, valid_BxC, *, read: bool = True):
+    b, s, _ = x_BxSxD.shape
+    pos = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+    q, k, v = self.attn.qkv(x_BxSxD, pos)
+    mask = causal_mask(pos, pos)
+    keys, values = k, v
+    if read:
+      keys = jnp.concatenate([mem_k_BxCxKxD.astype(k.dtype), k], 1)
+      values = jnp.concatenate([mem_v_BxCxKxD.astype(v.dtype), v], 1)
+      mask = jnp.concatenate([jnp.broadcast_to(valid_BxC[:, None, :], (b, s, valid_BxC.shape[1])),
+                              mask], -1)
+    return self.attn.out(attend(q, keys, values, mask)), k, v
+
+
+class Block(nnx.Module):
+  def __init__(self, dim: int, heads: int, kv_heads: int, hidden: int, *, rngs: nnx.Rngs):
+    self.norm1 = RMSNorm(dim)
+    self.attn = HybridTHENAttention(dim, heads, kv_heads, rngs=rngs)
+    self.norm2 = RMSNorm(dim)
+    self.mlp = GatedMLP(dim, hidden, rngs=rngs)
+
+  def __call__(self, x, mem_k, mem_v, valid, *, read: bool):
+    h, k, v = self.attn(self.norm1(x), mem_k, mem_v, valid, read=read)
+    x = x + h
+    return x + self.mlp(self.norm2(x)), k, v
+
+
+class ThenLM(nnx.Module):
+  def __init__(self, vocab: int, m: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.embed = nnx.Embed(vocab, m.dim, rngs=rngs)
+    self.shift = TokenShift(m.dim, m.shift_width)
+    self.blocks = nnx.List([Block(m.dim, m.heads, m.kv_heads, m.mlp_ratio * m.dim, rngs=rngs)
+                            for _ in range(m.layers)])
+    self.norm = RMSNorm(m.dim)
+    self.head = nnx.Linear(m.dim, vocab, use_bias=False, rngs=rngs)
+
+  def __call__(self, tokens_BxS, state: ThenState, *, read: bool = True):
+    """Returns (logits, keys_BxLxSxKxD, values_BxLxSxKxD, shift tail)."""
+    x, tail = self.shift(self.embed(tokens_BxS), state.shift_BxWxD)
+    t = state.traces
+    ks, vs = [], []
+    for i, block in enumerate(self.blocks):
+      x, k, v = block(x, t.keys_BxLxCxKxD[:, i], t.values_BxLxCxKxD[:, i], t.valid_BxC, read=read)
+      ks.append(k)
+      vs.append(v)
+    return self.head(self.norm(x)), jnp.stack(ks, 1), jnp.stack(vs, 1), tail
+
+
+def validate(config) -> None:
+  m = config.model
+  cfg.positive(config, "model.dim", "model.layers", "model.heads", "model.kv_heads",
+               "model.mlp_ratio", "model.shift_width", "model.capacity")
+  cfg.non_negative(config, "model.truncate_every")
+  cfg.one_of(config, "model.write", WRITE_POLICIES)
+  cfg.require(m.dim % m.heads == 0, "model.dim", f"{m.dim} is not divisible by model.heads={m.heads}")
+  cfg.require(m.heads % m.kv_heads == 0, "model.heads",
+              f"{m.heads} is not a multiple of model.kv_heads={m.kv_heads}")
+  cfg.non_negative(config, "model.segment_len")
+  total = config.task.segment_len * config.task.num_segments
+  if m.segment_len:
+    cfg.require(total % m.segment_len == 0, "model.segment_len",
+                f"{m.segment_len} does not divide the sequence length {total}")
+    cfg.require(config.task.segment_len % m.segment_len == 0, "model.segment_len",
+                f"{m.segment_len} does not divide task.segment_len={config.task.segment_len}")
+  if m.write == "last":
+    cfg.positive(config, "model.write_last")
+    cfg.require(m.write_last <= config.task.segment_len, "model.write_last",
+                f"{m.write_last} exceeds task.segment_len={config.task.segment_len}")
+
+
+class Then:
+  """The THEN model's pure functions over (params, segment, state)."""
+
+  def __init__(self, config, vocab_size: int, segment_len: int):
+    self.m = config.model
+    self.vocab_size = vocab_size
+    self.segment_len = segment_len
+    model = nnx.eval_shape(lambda: ThenLM(vocab_size, self.m, rngs=nnx.Rngs(0)))
+    self.graphdef, _ = nnx.split(model, nnx.Param)
+
+  def init_params(self, rng):
+    return nnx.split(ThenLM(self.vocab_size, self.m, rngs=nnx.Rngs(rng)), nnx.Param)[1]
+
+  def init_state(self, batch: int) -> ThenState:
+    m = self.m
+    return ThenState(traces_lib.init(batch, m.layers, m.capacity, m.kv_heads, m.dim // m.heads),
+                     jnp.zeros((batch, m.shift_width - 1, m.dim), jnp.float32))
+
+  def segment(self, params, state: ThenState, tokens_BxS, *, write_B=None):
+    """One segment: read the traces, then write this segment's traces. -> (logits, state)."""
+    model = nnx.merge(self.graphdef, params)
+    logits, k, v, tail = model(tokens_BxS, state, read=self.m.read_memory)
+    if self.m.write == "last":
+      k, v = k[:, :, -self.m.write_last:], v[:, :, -self.m.write_last:]
+    traces = traces_lib.write(state.traces, k, v, write_B)
+    return logits, ThenState(traces, tail)
+
+  def run(self, params, state: ThenState, tokens_BxT, *, truncate_every: int = 0,
+          unroll: bool = False):
+    """All segments of BxT tokens through the memory -> (logits BxTxV, state)."""
+    segs = tbptt.split_segments(tokens_BxT, self.segment_len)
+
+    def apply(state, seg):
+      logits, state = self.segment(params, state, seg)
+      return state, logits
+
+    state, logits = tbptt.run_segments(apply, state, segs, truncate_every=truncate_every,
+                                       unroll=unroll)
+    return tbptt.merge_segments(logits), state
+
+  def ingest(self, params, state, tokens_BxT):
+    return self.run(params, state, tokens_BxT)[1]
+
+  def query(self, params, state, tokens_BxS, *, incognito: bool = False):
+    write_B = jnp.zeros(tokens_BxS.shape[0], bool) if incognito else None
+    return self.segment(params, state, tokens_BxS, write_B=write_B)
+
+
+def make_system(config, task) -> System:
+  then = Then(config, task.vocab_size, config.model.segment_len or task.segment_len)
+  max_answers = task.max_answers
+  s = task.segment_len   # the task's last segment holds the questions
+
+  def loss(params, batch, memory, rng):
+    del rng
+    start = batch.get("reset", jnp.ones(batch["inputs"].shape[0], bool))
+    state = memory.replace(traces=traces_lib.reset(memory.traces, start),
+                           shift_BxWxD=jnp.where(start[:, None, None], 0.0, memory.shift_BxWxD))
+    logits, state = then.run(params, state, batch["inputs"],
+                             truncate_every=config.model.truncate_every)
+    l = yardstick.answer_loss(logits, batch["targets"], batch["answer"])
+    correct, count = yardstick.answer_accuracy(logits, batch["targets"], batch["answer"], max_answers)
+    return l, ({"accuracy": correct / jnp.maximum(count, 1.0)}, state)
+
+  def evaluate(params, batch, mode):
+    """Ingest all but the last segment, change the memory as `mode` says, answer the last."""
+    b = batch["inputs"].shape[0]
+    state = then.init_state(b)
+    if mode != "no_memory":
+      state = then.ingest(params, state, batch["inputs"][:, :-s])
+    if mode == "zeroed":
+      state = state.replace(traces=traces_lib.zero_content(state.traces))
+    elif mode == "shuffled":
+      state = state.replace(traces=traces_lib.shuffle(state.traces))
+    elif mode == "oracle":
+      raise NotImplementedError("recall tasks define no oracle for THEN")
+    logits, _ = then.run(params, state, batch["inputs"][:, -s:])
+    targets, answer = batch["targets"][:, -s:], batch["answer"][:, -s:]
+    correct, count = yardstick.answer_accuracy(logits, targets, answer, max_answers)
+    out = {"correct": correct, "count": count,
+           "loss": yardstick.answer_loss(logits, targets, answer)}
+    if mode == "memory":
+      out["memory"] = traces_lib.flat(state.traces)
+    return out
+
+  return System(init=then.init_params, loss=loss, evaluate=evaluate,
+                init_memory=then.init_state, graphdef=then.graphdef)
+
+
+def flops_per_token(m, vocab_size: int, segment_len: int) -> float:
+  """Model FLOPs per trained token (forward + backward = 3x forward), counting matmuls
+  and the attention the model computes: C traces plus the S-token segment per query."""
+  d, h = m.dim, m.mlp_ratio * m.dim
+  kv = m.kv_heads * (m.dim // m.heads)
+  proj = 2 * (2 * d * d + 2 * d * kv + 3 * d * h)
+  attn = 2 * 2 * d * (m.capacity + segment_len)
+  return 3.0 * (m.layers * (proj + attn) + 2 * d * vocab_size)

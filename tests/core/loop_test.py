@@ -1,0 +1,110 @@
+"""The generic loop: resume is bit-identical, NaN stops cleanly, a killed save loses nothing."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import then_recall
+from memjax.core import checkpointing
+from memjax.core import loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _config(**train):
+  c = then_recall.get_config("tiny")
+  c.train.update(train)
+  return c
+
+
+def _params(state):
+  return [np.asarray(x) for x in jax.tree.leaves(state.params)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("straight"))
+  return loop.train(_config(), wd, progress=False, evaluate_at_end=False)["state"]
+
+
+def test_resume_is_bit_identical(tmp_path, uninterrupted):
+  wd = str(tmp_path)
+  loop.train(_config(), wd, progress=False, stop_after=10)            # checkpoint at step 10
+  resumed = loop.train(_config(), wd, progress=False, evaluate_at_end=False)["state"]
+  assert int(resumed.step) == int(uninterrupted.step) == 20
+  for a, b in zip(_params(resumed), _params(uninterrupted)):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(resumed.memory), jax.tree.leaves(uninterrupted.memory)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+  wd = str(tmp_path)
+  saved = loop.train(_config(), wd, progress=False, stop_after=10)["state"]
+  real_build = loop.build
+
+  def poisoned_build(config):
+    task, system, tx = real_build(config)
+    def bad(p, b, m, r):
+      loss, aux = system.loss(p, b, m, r)
+      return loss * jnp.nan, aux
+    return task, system.__class__(**{**system.__dict__, "loss": bad}), tx
+
+  monkeypatch.setattr(loop, "build", poisoned_build)
+  with pytest.raises(loop.TrainingDiverged, match="non-finite.*Last good checkpoint: step 10"):
+    loop.train(_config(), wd, progress=False)
+  mngr = checkpointing.manager(wd)
+  assert mngr.latest_step() == 10
+  state, _ = checkpointing.restore(mngr, checkpointing.abstract(saved))
+  for a, b in zip(_params(state), _params(saved)):
+    np.testing.assert_array_equal(a, b)
+
+
+KILL_DURING_SAVE = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {root!r})
+    from configs import then_recall
+    from memjax.core import checkpointing
+    from memjax.core import loop
+    real_save = checkpointing.save
+    def save_then_die(mngr, step, state, data_state):
+      real_save(mngr, step, state, data_state)   # async: the write is still in flight
+      if step == 20:
+        os._exit(9)                              # killed mid-save, no finalisation
+    checkpointing.save = save_then_die
+    c = then_recall.get_config("tiny")
+    loop.train(c, {wd!r}, progress=False)
+""")
+
+
+def test_run_killed_during_save_resumes_from_last_complete(tmp_path, uninterrupted):
+  wd = str(tmp_path)
+  code = KILL_DURING_SAVE.format(root=ROOT, wd=wd)
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 9, proc.stderr[-2000:]
+  mngr = checkpointing.manager(wd)
+  assert mngr.latest_step() == 10       # step 20's save never completed
+  mngr.close()
+  resumed = loop.train(_config(), wd, progress=False, evaluate_at_end=False)["state"]
+  for a, b in zip(_params(resumed), _params(uninterrupted)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_results_json_has_the_yardstick_keys(tmp_path):
+  import json
+  from memjax.core import yardstick
+  c = _config(steps=5, steps_per_call=5, checkpoint_every=5)
+  loop.train(c, str(tmp_path), progress=False)
+  with open(tmp_path / "results.json") as f:
+    results = json.load(f)
+  assert set(yardstick.KEYS) <= set(results)
+  assert results["chance"] == pytest.approx(1 / 8)
+  assert 0.0 <= results["accuracy"] <= 1.0
+  assert (tmp_path / "metrics.jsonl").read_text().count("\n") >= 1
+  re = loop.evaluate_workdir(str(tmp_path))    # experiments/eval.py's path
+  assert re["accuracy"] == results["accuracy"]

@@ -1,0 +1,116 @@
+"""THEN: ring-buffer traces, ingest/query, disconnected memory, state files."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import then_recall
+from memjax.core import tasks
+from memjax.then import traces
+from memjax.then import model as then
+
+
+def test_ring_buffer_overwrites_oldest():
+  mem = traces.init(1, 1, 4, 1, 1)
+  kv = lambda a: jnp.asarray(a, jnp.float32).reshape(1, 1, -1, 1, 1)
+  mem = traces.write(mem, kv([1, 2, 3]), kv([1, 2, 3]))
+  mem = traces.write(mem, kv([4, 5]), kv([4, 5]))
+  assert mem.keys_BxLxCxKxD[0, 0, :, 0, 0].tolist() == [5, 2, 3, 4]
+  assert mem.valid_BxC.tolist() == [[True] * 4] and int(mem.cursor_B[0]) == 1
+  mem = traces.write(mem, kv([6, 7, 8, 9, 10, 11]), kv([0] * 6))   # more than capacity
+  assert sorted(mem.keys_BxLxCxKxD[0, 0, :, 0, 0].tolist()) == [8, 9, 10, 11]
+
+
+def test_incognito_rows_are_not_written():
+  mem = traces.init(2, 1, 4, 1, 1)
+  ones = jnp.ones((2, 1, 2, 1, 1))
+  mem = traces.write(mem, ones, ones, write_B=jnp.array([True, False]))
+  assert mem.valid_BxC[0].sum() == 2 and mem.valid_BxC[1].sum() == 0
+  assert mem.cursor_B.tolist() == [2, 0]
+
+
+def _system(**model):
+  c = then_recall.get_config("tiny")
+  c.model.update(model)
+  task = tasks.make_task(c.task)
+  return c, task, then.Then(c, task.vocab_size, task.segment_len), then.make_system(c, task)
+
+
+def test_ingest_then_query_equals_one_run():
+  c, task, model, _ = _system()
+  params = model.init_params(jax.random.key(0))
+  x = jnp.asarray(next(iter(task.batches("train", 4, 0)))["inputs"])
+  s = task.segment_len
+  logits, _ = model.run(params, model.init_state(4), x)
+  state = model.ingest(params, model.init_state(4), x[:, :-s])
+  last, _ = model.query(params, state, x[:, -s:])
+  np.testing.assert_allclose(last, logits[:, -s:], atol=1e-5)
+
+
+def test_incognito_query_leaves_memory_unchanged():
+  c, task, model, _ = _system()
+  params = model.init_params(jax.random.key(0))
+  x = jnp.asarray(next(iter(task.batches("train", 2, 0)))["inputs"])
+  state = model.ingest(params, model.init_state(2), x[:, :8])
+  _, after = model.query(params, state, x[:, 8:16], incognito=True)
+  for a, b in zip(jax.tree.leaves(state.traces), jax.tree.leaves(after.traces)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_disconnected_memory_gives_zeroed_accuracy_equal_to_accuracy():
+  c, task, _, system = _system(read_memory=False)
+  params = system.init(jax.random.key(0))
+  batch = jax.tree.map(jnp.asarray, next(iter(task.batches("eval", 8, 0))))
+  out = {m: system.evaluate(params, batch, m) for m in ("memory", "zeroed", "shuffled")}
+  assert float(out["zeroed"]["correct"]) == float(out["memory"]["correct"])
+  assert float(out["shuffled"]["correct"]) == float(out["memory"]["correct"])
+  np.testing.assert_allclose(out["zeroed"]["loss"], out["memory"]["loss"], rtol=1e-6)
+
+
+def test_connected_memory_changes_the_answer_when_zeroed():
+  c, task, _, system = _system()
+  params = system.init(jax.random.key(0))
+  batch = jax.tree.map(jnp.asarray, next(iter(task.batches("eval", 8, 0))))
+  a = system.evaluate(params, batch, "memory")["loss"]
+  z = system.evaluate(params, batch, "zeroed")["loss"]
+  assert abs(float(a) - float(z)) > 1e-4
+
+
+def test_state_file_roundtrip_and_errors(tmp_path):
+  c, task, model, _ = _system()
+  params = model.init_params(jax.random.key(0))
+  x = jnp.asarray(next(iter(task.batches("train", 2, 0)))["inputs"])
+  state = model.ingest(params, model.init_state(2), x)
+  path = str(tmp_path / "user42.npz")
+  traces.save_state(path, state)
+  back = traces.load_state(path, model.init_state(2))
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(back)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match="model expects"):
+    traces.load_state(path, model.init_state(3))
+  with pytest.raises(FileNotFoundError):
+    traces.load_state(str(tmp_path / "nobody.npz"), model.init_state(2))
+  (tmp_path / "bad.npz").write_bytes(b"not a zip")
+  with pytest.raises(ValueError, match="unreadable"):
+    traces.load_state(str(tmp_path / "bad.npz"), model.init_state(2))
+  assert traces.load_state(path, model.init_state(2)) is not None   # original untouched
+
+
+def test_stream_batches_carry_memory_like_one_long_pass():
+  """Segmented training across batches (memory carried in the state) equals one long pass."""
+  c, task, model, system = _system()
+  from memjax.data import recall as recall_lib
+  stream_config = c.task.copy_and_resolve_references()
+  stream_config.stream_segments = 1
+  stream_task = recall_lib.AssocRecall(stream_config)
+  params = system.init(jax.random.key(0))
+  it = iter(stream_task.batches("train", 4, 0))
+  chunks = [jax.tree.map(jnp.asarray, next(it)) for _ in range(task.num_segments)]
+  assert bool(chunks[0]["reset"].all()) and not bool(chunks[1]["reset"].any())
+  whole = jax.tree.map(jnp.asarray, next(iter(task.batches("train", 4, 0))))
+  np.testing.assert_array_equal(jnp.concatenate([ch["inputs"] for ch in chunks], 1), whole["inputs"])
+  memory = system.init_memory(4)
+  for ch in chunks:
+    loss_chunk, (_, memory) = system.loss(params, ch, memory, None)
+  loss_whole, _ = system.loss(params, whole, system.init_memory(4), None)
+  np.testing.assert_allclose(loss_chunk, loss_whole, rtol=1e-5)   # answers: last chunk only
