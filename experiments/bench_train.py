@@ -43,7 +43,7 @@ def matmul_flops(n: int) -> float:
 
 
 def compile_seconds(config, task, num_segments: int) -> float:
-  model = then.Then(config, task.vocab_size, task.segment_len)
+  model = then.ThenModel(config, task.vocab_size, task.segment_len)
   b, s = config.train.batch_size, task.segment_len
   params = jax.eval_shape(model.init_params, jax.random.key(0))
   x = jax.ShapeDtypeStruct((b, num_segments * s), jnp.int32)

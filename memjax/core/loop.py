@@ -31,6 +31,10 @@ class TrainingDiverged(RuntimeError):
   """Loss or gradients went non-finite; the last good checkpoint is left intact."""
 
 
+class TrainingStopped(RuntimeError):
+  """The system asked to stop (System.stop_reason); the last good checkpoint is left intact."""
+
+
 def validate(config) -> None:
   """Every check that can fail before anything compiles."""
   for section in ("model", "task", "train"):
@@ -55,7 +59,8 @@ def build(config):
 def init_state(config, system, tx) -> TrainState:
   init_rng, state_rng = jax.random.split(jax.random.key(config.train.seed))
   params = system.init(init_rng)
-  return TrainState.create(params, tx, state_rng, memory=system.init_memory(config.train.batch_size))
+  return TrainState.create(params, tx, state_rng, memory=system.init_memory(config.train.batch_size),
+                           aux=system.init_aux())
 
 
 class _Writers:
@@ -140,9 +145,14 @@ def train(config, workdir: str, *, progress: bool = True, evaluate_at_end: bool 
         raise TrainingDiverged(
             f"non-finite loss or gradient between steps {step - k} and {step}; stopped. "
             f"Last good checkpoint: step {mngr.latest_step()} in {mngr.directory}")
+      if bool(metrics.get("stop", False)):
+        raise TrainingStopped(
+            f"stopped between steps {step - k} and {step}: {system.stop_reason}. "
+            f"Last good checkpoint: step {mngr.latest_step()} in {mngr.directory}")
       if step % t.log_every == 0 or step == end:
         m = _scalars(metrics)
         m.pop("finite", None)
+        m.pop("stop", None)
         m["steps_per_s"] = (step - start) / max(time.time() - t0, 1e-9)
         writers.write(step, m)
         if bar is not None:
@@ -174,10 +184,9 @@ def train(config, workdir: str, *, progress: bool = True, evaluate_at_end: bool 
 def evaluate(config, system, task, params) -> dict:
   """The yardstick (plus the system's extra results) on held-out batches."""
   t = config.train
-  eval_fn = jax.jit(system.evaluate, static_argnums=2)
   batch_size = t.get("eval_batch_size", t.batch_size)
   batches = list(itertools.islice(iter(task.batches("eval", batch_size, t.seed)), t.eval_batches))
-  results = yardstick.evaluate(eval_fn, params, batches, task.chance)
+  results = yardstick.evaluate(system, params, batches, task.chance)
   if system.extra_results is not None:
     results.update(system.extra_results(params, iter(batches)))
   return results

@@ -13,27 +13,31 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation):
 
   def train_step(state: TrainState, batch):
     rng = state.step_key()
-    (loss, (metrics, memory)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, state.memory, rng)
+    (loss, (metrics, memory, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch, state.memory, state.aux, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
     # Stateful streams: batch N's memory starts batch N+1, without a gradient path back.
     memory = jax.lax.stop_gradient(memory)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                         memory=memory), metrics
+                         memory=memory, aux=aux), metrics
 
   return train_step
 
 
 def make_multi_step(train_step):
   """Scans `train_step` over a leading axis of k stacked batches; metrics are the last step's
-  plus `loss_mean` over the k steps, and `finite`: all k losses and grad norms were finite."""
+  plus `loss_mean` over the k steps, `finite`: all k losses and grad norms were finite, and
+  `stop`: some step's metrics asked the loop to stop (System.stop_reason)."""
 
   def multi_step(state: TrainState, batches):
     state, metrics = jax.lax.scan(train_step, state, batches)
     finite = jnp.all(jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]))
     last = jax.tree.map(lambda m: m[-1], metrics)
-    return state, dict(last, loss_mean=metrics["loss"].mean(), finite=finite)
+    out = dict(last, loss_mean=metrics["loss"].mean(), finite=finite)
+    if "stop" in metrics:
+      out["stop"] = jnp.any(metrics["stop"] > 0)
+    return state, out
 
   return multi_step

@@ -1,4 +1,4 @@
-"""What the generic training loop needs from a model family."""
+"""The System contract: what the loop and the yardstick need from a design."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,23 +8,36 @@ import jax
 
 Params = Any
 Batch = dict
-Memory = Any
+Memory = Any     # a pytree following memjax.core.memory's protocol
+Aux = Any        # non-memory training state (guard counters): its own slot, never the memory's
 
 
 @dataclasses.dataclass(frozen=True)
 class System:
-  """Pure functions of one model family; the loop owns state, data and checkpoints.
+  """Pure functions of one design; the loop owns state, data and checkpoints.
 
   init(rng) -> params
-  loss(params, batch, memory, rng) -> (loss, (metrics, memory))   jittable, pure
-  evaluate(params, batch, mode) -> {"correct", "count", "loss"[, "memory": f32[B, M]]}
-      mode in memjax.core.yardstick.MODES; raise NotImplementedError for an undefined mode.
-  init_memory(batch_size) -> memory carried across batches (() when none)
-  extra_results(params, batches) -> dict merged into results.json
+  loss(params, batch, memory, aux, rng) -> (loss, (metrics, memory, aux))   jittable, pure.
+      `memory` is carried across training batches (contiguous streams), `aux` is any
+      other training state. metrics["stop"] > 0 asks the loop to stop: it raises
+      TrainingStopped with `stop_reason`.
+  ingest(params, batch) -> memory       the memory the batch's context writes.
+  answer(params, batch, memory) -> {"correct", "count", "loss"}   answers from `memory`;
+      memory None means the model never had one (the yardstick's no_memory baseline).
+  oracle(params, batch) -> {"correct", "count", "loss"}   the information given directly,
+      where the task defines it (None: no oracle).
+  The yardstick builds every mode (memory, zeroed, shuffled, no_memory, oracle) from these;
+  a system without a memory leaves ingest None and is scored on `answer(params, batch, None)`.
+  init_memory(batch_size) -> memory carried across batches (() when none); init_aux() -> aux.
+  extra_results(params, batches) -> dict merged into results.json.
   """
   init: Callable[[jax.Array], Params]
-  loss: Callable[[Params, Batch, Memory, jax.Array], tuple[jax.Array, tuple[dict, Memory]]]
-  evaluate: Callable[[Params, Batch, str], dict]
+  loss: Callable[..., tuple[jax.Array, tuple[dict, Memory, Aux]]]
+  answer: Callable[[Params, Batch, Memory], dict]
+  ingest: Callable[[Params, Batch], Memory] | None = None
+  oracle: Callable[[Params, Batch], dict] | None = None
   init_memory: Callable[[int], Memory] = lambda batch_size: ()
+  init_aux: Callable[[], Aux] = lambda: ()
   extra_results: Callable[[Params, Iterator[Batch]], dict] | None = None
+  stop_reason: str = "the system asked to stop"
   graphdef: Any = None

@@ -5,14 +5,17 @@ accuracies sit near `chance` (DESIGN.md).
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
-from typing import Callable, Iterable
+from typing import Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from memjax.core import memory as memory_lib
 
 MODES = ("memory", "zeroed", "shuffled", "no_memory", "oracle")
 KEYS = ("accuracy", "accuracy_memory_zeroed", "accuracy_memory_shuffled", "accuracy_no_memory",
@@ -20,24 +23,6 @@ KEYS = ("accuracy", "accuracy_memory_zeroed", "accuracy_memory_shuffled", "accur
 _MODE_KEY = {"memory": "accuracy", "zeroed": "accuracy_memory_zeroed",
              "shuffled": "accuracy_memory_shuffled", "no_memory": "accuracy_no_memory",
              "oracle": "accuracy_oracle"}
-
-
-def answer_accuracy(logits_BxTxV: jax.Array, targets_BxT: jax.Array, answer_BxT: jax.Array,
-                    max_answers: int) -> tuple[jax.Array, jax.Array]:
-  """(answers fully right, answers present): an answer counts when all its tokens are right."""
-  wrong = (jnp.argmax(logits_BxTxV, -1) != targets_BxT) & (answer_BxT > 0)
-  ids = jax.nn.one_hot(answer_BxT - 1, max_answers, dtype=jnp.int32)          # BxTxA, 0 if none
-  present = ids.sum(1) > 0                                                    # BxA
-  any_wrong = (ids * wrong[..., None]).sum(1) > 0
-  return (present & ~any_wrong).sum().astype(jnp.float32), present.sum().astype(jnp.float32)
-
-
-def answer_loss(logits_BxTxV: jax.Array, targets_BxT: jax.Array, answer_BxT: jax.Array) -> jax.Array:
-  """Mean cross-entropy over scored positions."""
-  logp = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), -1)
-  nll = -jnp.take_along_axis(logp, targets_BxT[..., None], -1)[..., 0]
-  w = (answer_BxT > 0).astype(jnp.float32)
-  return (nll * w).sum() / jnp.maximum(w.sum(), 1.0)
 
 
 def memory_cosine(memory_BxM: jax.Array) -> jax.Array:
@@ -49,41 +34,52 @@ def memory_cosine(memory_BxM: jax.Array) -> jax.Array:
   return (sim.sum() - jnp.trace(sim)) / max(b * (b - 1), 1)
 
 
-def evaluate(evaluate_fn: Callable, params, batches: Iterable, chance: float,
-             modes: Iterable[str] = MODES) -> dict:
-  """Runs `evaluate_fn(params, batch, mode)` over the batches and assembles the yardstick.
+def mode_outputs(system, params, batch) -> dict:
+  """{mode: {"correct", "count", "loss"}} for one batch, every mode from one ingest.
 
-  A mode whose evaluate_fn raises NotImplementedError (no oracle defined) reports None.
-  """
-  sums = {m: {"correct": 0.0, "count": 0.0, "loss": 0.0, "n": 0} for m in modes}
+  The ablations are the memory protocol's (memjax.core.memory), the same for every design:
+  zeroed and shuffled change the ingested memory, no_memory answers with none at all."""
+  if system.ingest is None:
+    return {"memory": system.answer(params, batch, None)}
+  mem = system.ingest(params, batch)
+  out = {"memory": dict(system.answer(params, batch, mem), memory=memory_lib.flat(mem)),
+         "zeroed": system.answer(params, batch, memory_lib.zeroed(mem)),
+         "shuffled": system.answer(params, batch, memory_lib.shuffled(mem)),
+         "no_memory": system.answer(params, batch, None)}
+  if system.oracle is not None:
+    out["oracle"] = system.oracle(params, batch)
+  return out
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_modes(system):
+  return jax.jit(functools.partial(mode_outputs, system))
+
+
+def evaluate(system, params, batches: Iterable, chance: float) -> dict:
+  """The yardstick over the batches: every mode of `mode_outputs`, compiled once per system."""
+  fn = _jitted_modes(system)
+  sums = {m: {"correct": 0.0, "count": 0.0, "loss": 0.0, "n": 0} for m in MODES}
   cosines = []
-  skipped = set()
   for batch in batches:
-    for mode in modes:
-      if mode in skipped:
-        continue
-      try:
-        out = evaluate_fn(params, batch, mode)
-      except NotImplementedError:
-        skipped.add(mode)
-        continue
+    for mode, out in fn(params, batch).items():
       s = sums[mode]
       s["correct"] += float(out["correct"])
       s["count"] += float(out["count"])
       s["loss"] += float(out["loss"])
       s["n"] += 1
-      if mode == "memory" and "memory" in out:
+      if "memory" in out:
         cosines.append(float(memory_cosine(out["memory"])))
   results = {k: None for k in KEYS}
-  for mode in modes:
+  for mode in MODES:
     s = sums[mode]
-    if mode not in skipped and s["count"] > 0:
+    if s["count"] > 0:
       results[_MODE_KEY[mode]] = s["correct"] / s["count"]
   results["chance"] = float(chance)
-  if "zeroed" in modes and sums["memory"]["n"] and sums["zeroed"]["n"]:
+  if sums["memory"]["n"] and sums["zeroed"]["n"]:
     results["delta_zero"] = (sums["zeroed"]["loss"] / sums["zeroed"]["n"]) / max(
         sums["memory"]["loss"] / sums["memory"]["n"], 1e-12)
-  for mode in modes:
+  for mode in MODES:
     if sums[mode]["n"]:
       results[f"loss_{mode}"] = sums[mode]["loss"] / sums[mode]["n"]
   if cosines:

@@ -20,8 +20,7 @@ import ml_collections
 from flax import nnx
 
 from memjax.core import config as cfg
-from memjax.core import yardstick
-from memjax.hrrm import titans
+from memjax.core import losses
 from memjax.hrrm import model as hrrm
 from memjax.recurrence.hrm import act_targets
 from memjax.recurrence.hrm import deep_supervision
@@ -43,11 +42,6 @@ def validate(config) -> None:
     if m.act:
       cfg.require(m.segments >= 2, "model.segments", "ACT needs a cap of >= 2 segments")
   del root
-
-
-def _ce(logits, targets):
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-  return -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
 
 
 def _split(model):
@@ -85,17 +79,17 @@ def make_hrm_system(config, task) -> System:
   def per_segment(outs, batch):
     """Per-segment, per-example: loss and exact correctness."""
     w = _weights(batch)
-    nll = _ce(outs["logits"], batch["targets"][None])                 # S x B x T
+    nll = losses.token_nll(outs["logits"], batch["targets"][None])                 # S x B x T
     lm = (nll * w).sum(-1) / jnp.maximum(w.sum(-1), 1.0)              # S x B
     right = (jnp.argmax(outs["logits"], -1) == batch["targets"][None]) | (w[None] == 0)
     correct = right.all(-1)                                           # S x B
     loss = lm
     if planner:
-      cn = _ce(outs["ctrl_logits"], batch["ctrl"][None])
+      cn = losses.token_nll(outs["ctrl_logits"], batch["ctrl"][None])
       loss = loss + m.lambda_ctrl * (cn * w).sum(-1) / jnp.maximum(w.sum(-1), 1.0)
     return loss, lm, correct
 
-  def loss_fn(params, batch, memory, rng):
+  def loss_fn(params, batch, memory, aux, rng):
     outs = run(params, batch["inputs"], H=m.max_H, segments=m.segments)
     loss_sb, lm_sb, correct_sb = per_segment(outs, batch)
     metrics = {"lm_loss_last": lm_sb[-1].mean(), "exact_last": correct_sb[-1].mean()}
@@ -120,7 +114,7 @@ def make_hrm_system(config, task) -> System:
     if planner:
       metrics["ctrl_accuracy"] = _ctrl_counts(outs["ctrl_logits"][-1], batch)[0] / jnp.maximum(
           _ctrl_counts(outs["ctrl_logits"][-1], batch)[1], 1.0)
-    return loss, (metrics, memory)
+    return loss, (metrics, memory, aux)
 
   def final(outs):
     """The answer segment: the last, or with ACT the first that halts."""
@@ -132,16 +126,14 @@ def make_hrm_system(config, task) -> System:
     return jax.tree.map(lambda a: jnp.take_along_axis(
         a, idx.reshape((1, -1) + (1,) * (a.ndim - 2)), 0)[0], outs)
 
-  def evaluate(params, batch, mode, H=None):
-    if mode != "memory":
-      raise NotImplementedError(f"{m.name} has no memory state: mode {mode!r} is undefined")
+  def score(params, batch, H=None):
     out = final(run(params, batch["inputs"], H=H or m.max_H, segments=m.segments))
     w = _weights(batch)
-    loss = (_ce(out["logits"], batch["targets"]) * w).sum() / jnp.maximum(w.sum(), 1.0)
+    loss = (losses.token_nll(out["logits"], batch["targets"]) * w).sum() / jnp.maximum(w.sum(), 1.0)
     if planner:
       correct, count = _ctrl_counts(out["ctrl_logits"], batch)
     else:
-      correct, count = yardstick.answer_accuracy(out["logits"], batch["targets"],
+      correct, count = losses.answer_accuracy(out["logits"], batch["targets"],
                                                  batch["answer"], task.max_answers)
     right = (jnp.argmax(out["logits"], -1) == batch["targets"]) & (w > 0)
     return {"correct": correct, "count": count, "loss": loss,
@@ -153,7 +145,7 @@ def make_hrm_system(config, task) -> System:
     hs = list(m.get("eval_h_cycles", [])) or sorted({1, m.max_H, 2 * m.max_H})
     by_h, tok_by_h = {}, {}
     for h in hs:
-      fn = jax.jit(functools.partial(evaluate, mode="memory", H=h))
+      fn = jax.jit(functools.partial(score, H=h))
       outs = [fn(params, b) for b in batches]
       by_h[str(h)] = float(sum(o["correct"] for o in outs) / sum(o["count"] for o in outs))
       tok_by_h[str(h)] = float(sum(o["token_correct"] for o in outs) /
@@ -166,12 +158,16 @@ def make_hrm_system(config, task) -> System:
     if m.name == "hrrm_reasoner":
       res.update(reasoner_generation(run, m, task, params, batches))
     if planner:
-      fn = jax.jit(functools.partial(evaluate, mode="memory"))
+      fn = jax.jit(score)
       outs = [fn(params, b) for b in batches]
       res["perplexity"] = float(jnp.exp(sum(o["loss"] for o in outs) / len(outs)))
     return res
 
-  return System(init=_init_fn(m, task.vocab_size), loss=loss_fn, evaluate=evaluate,
+  def answer(params, batch, memory):
+    del memory   # the HRM models carry no memory: the yardstick scores them on accuracy alone
+    return score(params, batch)
+
+  return System(init=_init_fn(m, task.vocab_size), loss=loss_fn, answer=answer,
                 extra_results=extra_results, graphdef=graphdef)
 
 
@@ -255,41 +251,32 @@ def make_memory_system(config, task) -> System:
   graphdef, _ = _split(nnx.eval_shape(lambda: hrrm.build(m, task.vocab_size)))
   c = m.chunk
 
-  def loss_fn(params, batch, memory, rng):
+  def loss_fn(params, batch, memory, aux, rng):
     model = nnx.merge(graphdef, params)
     logits, _ = model(batch["inputs"], model.init_memory(batch["inputs"].shape[0]))
-    loss = yardstick.answer_loss(logits, batch["targets"], batch["answer"])
-    correct, count = yardstick.answer_accuracy(logits, batch["targets"], batch["answer"],
-                                               task.max_answers)
-    return loss, ({"answer_accuracy": correct / jnp.maximum(count, 1.0)}, memory)
+    loss = losses.answer_loss(logits, batch["targets"], batch["answer"])
+    correct, count = losses.answer_accuracy(logits, batch["targets"], batch["answer"],
+                                            task.max_answers)
+    return loss, ({"answer_accuracy": correct / jnp.maximum(count, 1.0)}, memory, aux)
 
-  def evaluate(params, batch, mode):
-    """Context chunks write the memory; the last chunk (the queries) reads it under `mode`."""
-    if mode == "oracle":
-      raise NotImplementedError("retrieval episodes define no oracle")
+  def ingest(params, batch):
+    """Every chunk but the last (the queries) written into the Titans memory."""
     model = nnx.merge(graphdef, params)
     inputs = batch["inputs"]
-    b = inputs.shape[0]
-    fresh = model.init_memory(b)
-    _, state = model(inputs[:, :-c], fresh)
-    if mode == "zeroed":          # memory weights reset to M_0, momentum zeroed
-      state_q = fresh
-    elif mode == "shuffled":
-      state_q = titans.roll(state)
-    elif mode == "no_memory":     # the model never saw the context
-      state_q = fresh
-    else:
-      state_q = state
-    start = inputs.shape[1] - c
-    logits, _ = model.chunk_step(state_q, inputs[:, -c:], start, write=False)
-    tg, ans = batch["targets"][:, -c:], batch["answer"][:, -c:]
-    correct, count = yardstick.answer_accuracy(logits, tg, ans, task.max_answers)
-    out = {"correct": correct, "count": count, "loss": yardstick.answer_loss(logits, tg, ans)}
-    if mode == "memory":
-      out["memory"] = titans.flatten(state)
-    return out
+    return model(inputs[:, :-c], model.init_memory(inputs.shape[0]))[1]
 
-  return System(init=_init_fn(m, task.vocab_size), loss=loss_fn, evaluate=evaluate,
+  def answer(params, batch, memory):
+    """The last chunk reads `memory` without writing (None: the fresh memory M_0)."""
+    model = nnx.merge(graphdef, params)
+    inputs = batch["inputs"]
+    if memory is None:
+      memory = model.init_memory(inputs.shape[0])
+    logits, _ = model.chunk_step(memory, inputs[:, -c:], inputs.shape[1] - c, write=False)
+    tg, ans = batch["targets"][:, -c:], batch["answer"][:, -c:]
+    correct, count = losses.answer_accuracy(logits, tg, ans, task.max_answers)
+    return {"correct": correct, "count": count, "loss": losses.answer_loss(logits, tg, ans)}
+
+  return System(init=_init_fn(m, task.vocab_size), loss=loss_fn, ingest=ingest, answer=answer,
                 graphdef=graphdef)
 
 

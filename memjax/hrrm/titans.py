@@ -23,6 +23,9 @@ import jax.numpy as jnp
 
 @flax.struct.dataclass
 class TitansState:
+  """Follows the memory protocol's defaults (memjax.core.memory): zeroed sets the weights and
+  the momentum to zero (a memory that reads 0 for every query), shuffled rolls both across
+  the batch."""
   weights: tuple  # per layer: [B, D_in, D_out]
   momentum: tuple  # same shapes as weights
 
@@ -95,13 +98,3 @@ def memorize(state: TitansState, k_BxTxD, v_BxTxD, theta_BxT, beta_BxN, decay_Bx
 
   state, reads = jax.lax.scan(body, state, xs)
   return state, jnp.moveaxis(reads, 0, 1).reshape(b, t, -1)
-
-
-def flatten(state: TitansState) -> jax.Array:
-  """The per-example memory as one vector [B, M] (for memory_cosine)."""
-  return jnp.concatenate([w.reshape(w.shape[0], -1) for w in state.weights], axis=-1)
-
-
-def roll(state: TitansState, shift: int = 1) -> TitansState:
-  """Memory states permuted across the batch (the yardstick's 'shuffled')."""
-  return jax.tree.map(lambda a: jnp.roll(a, shift, axis=0), state)

@@ -43,7 +43,7 @@ def run_ablation(config, variants=VARIANTS, *, steps: int | None = None, log=pri
   system = systems.make_system(config, task)
   tx = make_optimizer(config.train)
   step_fn = jax.jit(make_multi_step(make_train_step(system.loss, tx)), donate_argnums=0)
-  eval_fn = jax.jit(system.evaluate, static_argnums=2)
+  answer_fn = jax.jit(lambda p, b: system.answer(p, b, system.ingest(p, b)))
   k = t.steps_per_call
   bs = t.get("eval_batch_size", t.batch_size)
   eval_raw = list(itertools.islice(iter(task.batches("eval", bs, t.seed)), t.eval_batches))
@@ -63,11 +63,11 @@ def run_ablation(config, variants=VARIANTS, *, steps: int | None = None, log=pri
       hist.append({"step": (call + 1) * k, **{m: float(x) for m, x in
                                                 jax.device_get(metrics).items() if np.ndim(x) == 0}})
     seconds = time.time() - t0
-    res = yardstick.evaluate(eval_fn, state.params, [_with_knobs(b, kn) for b in eval_raw],
+    res = yardstick.evaluate(system, state.params, [_with_knobs(b, kn) for b in eval_raw],
                              task.chance)
     correct = count = 0.0
     for b in adv_raw:
-      out = eval_fn(state.params, _with_knobs(b, kn), "memory")
+      out = answer_fn(state.params, _with_knobs(b, kn))
       correct, count = correct + float(out["correct"]), count + float(out["count"])
     res["accuracy_adversarial"] = correct / max(count, 1.0)
     row = {"variant": v, **{c: res.get(c) for c in COLUMNS[1:-1]}, "seconds": seconds}

@@ -31,19 +31,11 @@ SCHEDULES = ("cosine", "linear")
 
 @flax.struct.dataclass
 class DiffusionMemory:
-  """levels[l]: BxS_lxD, the denoised slots of cascade level l (M0 first)."""
+  """levels[l]: BxS_lxD, the denoised slots of cascade level l (M0 first).
+
+  Follows the memory protocol's defaults (memjax.core.memory): zeroed empties every level,
+  shuffled rolls every level across the batch, flat concatenates them."""
   levels: tuple[jax.Array, ...]
-
-  def zeros_like(self) -> DiffusionMemory:
-    return DiffusionMemory(tuple(jnp.zeros_like(m) for m in self.levels))
-
-  def roll(self, shift: int = 1) -> DiffusionMemory:
-    """Each example gets another example's memory (the yardstick's `shuffled` mode)."""
-    return DiffusionMemory(tuple(jnp.roll(m, shift, axis=0) for m in self.levels))
-
-  def flat(self) -> jax.Array:
-    """BxM: every level's slots flattened (for memory_cosine)."""
-    return jnp.concatenate([m.reshape(m.shape[0], -1) for m in self.levels], axis=-1)
 
 
 def check_cascade(slots: Sequence[int]) -> None:

@@ -1,4 +1,4 @@
-"""HRSA guardrails: slot diversity (sim_gap), delta_zero, exact match, collapse detection.
+"""HRSA guardrails: slot diversity (sim_gap), delta_zero, collapse detection.
 
 sim_gap = min(1 - within, 1 - across) where, over L2-normalised slots,
   within = mean cosine between distinct slots of the same example,
@@ -8,10 +8,10 @@ and 0 when the memory does not depend on the input (collapse across examples); a
 diverse, input-dependent memory sits near 1.
 
 Collapse: sim_gap below `min_sim_gap` or delta_zero below `min_delta_zero` for
-`patience` consecutive steps after `warmup` steps. The state that counts them is a
-pytree carried by the training loop as the system's memory (`GuardState`); the check
-prints a warning and, with `stop`, turns the loss non-finite so the loop's NaN guard
-stops training with the last good checkpoint intact.
+`patience` consecutive steps after `warmup` steps. The state that counts them is the
+system's `aux` pytree carried by the training loop (`GuardState`); the check prints a
+warning and, with `stop`, sets metrics["stop"] so the loop stops with
+TrainingStopped, the last good checkpoint intact.
 """
 from __future__ import annotations
 
@@ -49,12 +49,6 @@ def delta_zero(loss_zeroed: jax.Array, loss_memory: jax.Array) -> jax.Array:
   return loss_zeroed / jnp.maximum(loss_memory, 1e-9)
 
 
-def exact_match(logits_BxV: jax.Array, answer_B: jax.Array, mask_B: jax.Array):
-  """(correct, count) over the masked examples."""
-  ok = (jnp.argmax(logits_BxV, -1) == answer_B) & mask_B
-  return ok.sum().astype(jnp.float32), mask_B.sum().astype(jnp.float32)
-
-
 @dataclasses.dataclass(frozen=True)
 class CollapseConfig:
   min_sim_gap: float = 0.05
@@ -66,27 +60,27 @@ class CollapseConfig:
 
 @flax.struct.dataclass
 class GuardState:
-  """Per-row copies (so the loop may shard it along the batch) of the step and bad-step count."""
-  step_B: jax.Array
-  bad_B: jax.Array
+  """The step and the count of consecutive bad steps (the loop's `aux` slot, not memory)."""
+  step: jax.Array
+  bad: jax.Array
 
   @classmethod
-  def init(cls, batch: int) -> GuardState:
-    return cls(jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), jnp.int32))
+  def init(cls) -> GuardState:
+    return cls(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
 
 def check_collapse(state: GuardState, gap: jax.Array, dz: jax.Array, cfg: CollapseConfig):
   """Returns (new state, collapsed flag); warns once when the flag turns on."""
   bad_now = (gap < cfg.min_sim_gap) | (dz < cfg.min_delta_zero)
-  armed = state.step_B >= cfg.warmup
-  bad = jnp.where(bad_now & armed, state.bad_B + 1, 0)
-  collapsed = bad[0] >= cfg.patience
+  armed = state.step >= cfg.warmup
+  bad = jnp.where(bad_now & armed, state.bad + 1, 0)
+  collapsed = bad >= cfg.patience
 
   def warn(step, g, d):
     print(f"WARNING hrsa guardrail: memory collapse at step {int(step)}: sim_gap {float(g):.4f} "
           f"(min {cfg.min_sim_gap}), delta_zero {float(d):.4f} (min {cfg.min_delta_zero}) for "
           f"{cfg.patience} steps" + ("; stopping" if cfg.stop else ""), flush=True)
 
-  jax.lax.cond(bad[0] == cfg.patience,
-               lambda: jax.debug.callback(warn, state.step_B[0], gap, dz), lambda: None)
-  return GuardState(state.step_B + 1, bad), collapsed
+  jax.lax.cond(bad == cfg.patience,
+               lambda: jax.debug.callback(warn, state.step, gap, dz), lambda: None)
+  return GuardState(state.step + 1, bad), collapsed

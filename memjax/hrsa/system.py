@@ -17,6 +17,8 @@ import numpy as np
 from flax import nnx
 
 from memjax.core import config as cfg
+from memjax.core import losses
+from memjax.core import memory as memory_lib
 from memjax.core.config import ConfigError
 from memjax.hrsa import guardrails
 from memjax.layers.local_attention import BACKENDS as LOCAL_BACKENDS
@@ -63,11 +65,6 @@ def validate(config) -> None:
   remedies_lib.parse(m.get("remedies", ()), m.get("remedy", None))
 
 
-def _nll(logits, targets):
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-  return -jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
-
-
 def make_system(config, task) -> System:
   mc = model_config(config, task.vocab_size)
   rem = remedies_lib.parse(config.model.get("remedies", ()), config.model.get("remedy", None))
@@ -102,7 +99,7 @@ def make_system(config, task) -> System:
     model, memory, reads, control, logits, aux, kn = forward(params, batch, rng)
     retr = batch["is_retrieval"]
     w = batch["weights"]
-    nll = _nll(logits, batch["targets"])
+    nll = losses.token_nll(logits, batch["targets"])
     lm_w = w * (~retr)[:, None]
     loss_lm = (nll * lm_w).sum() / jnp.maximum(lm_w.sum(), 1.0)
     ans_nll = nll[:, -1]
@@ -129,8 +126,8 @@ def make_system(config, task) -> System:
 
     # Contrastive: a second decoder pass on another example's memory, only when switched on.
     def contrast():
-      wrong_logits, _ = model.decoder(batch["tokens"], memory.roll(1), control)
-      lp_wrong = -_nll(wrong_logits[:, -1], batch["answer"])
+      wrong_logits, _ = model.decoder(batch["tokens"], memory_lib.shuffled(memory), control)
+      lp_wrong = -losses.token_nll(wrong_logits[:, -1], batch["answer"])
       con = jax.nn.softplus(lp_wrong + ans_nll)
       return jnp.where(retr, con, 0.0).sum() / n_retr
 
@@ -145,7 +142,7 @@ def make_system(config, task) -> System:
     if write_weight:  # rebuild the region token by token (see WriteHead)
       logits_w = model.write_head(slots_BxSxD, region_BxSxR.shape[-1], model.embed)
       valid = region_BxSxR >= 0
-      nll_w = _nll(logits_w, jnp.maximum(region_BxSxR, 0))
+      nll_w = losses.token_nll(logits_w, jnp.maximum(region_BxSxR, 0))
       loss_write = jnp.where(valid, nll_w, 0.0).sum() / jnp.maximum(valid.sum(), 1)
       loss = loss + write_weight * loss_write
       metrics["loss_write"] = loss_write
@@ -161,22 +158,23 @@ def make_system(config, task) -> System:
       metrics["loss_bag"] = loss_bag
     return loss, (metrics, memory, logits, aux, control)
 
-  def loss_fn(params, batch, guard: guardrails.GuardState, rng):
+  def loss_fn(params, batch, memory, guard: guardrails.GuardState, rng):
+    del memory   # HRSA's memory is written per batch, not carried
     loss, (metrics, memory, logits, aux, control) = core_loss(params, batch, rng)
     model = nnx.merge(graphdef, params)
     retr = batch["is_retrieval"]
     # Guardrails (no gradient).
-    zl, _ = model.decoder(batch["tokens"], memory.zeros_like(), control)
+    zl, _ = model.decoder(batch["tokens"], memory_lib.zeroed(memory), control)
     ans = batch["answer"]
-    nll_mem = _nll(logits[:, -1], ans)
-    nll_zero = _nll(zl[:, -1], ans)
+    nll_mem = losses.token_nll(logits[:, -1], ans)
+    nll_zero = losses.token_nll(zl[:, -1], ans)
     n_retr = jnp.maximum(retr.sum(), 1)
     dz = jax.lax.stop_gradient(guardrails.delta_zero(
         jnp.where(retr, nll_zero, 0.0).sum() / n_retr, jnp.where(retr, nll_mem, 0.0).sum() / n_retr))
     slots = jax.lax.stop_gradient(jnp.concatenate(memory.levels, axis=1))
     gap = guardrails.sim_gap(slots)
-    c, n = guardrails.exact_match(logits[:, -1], ans, retr)
-    ca, na = guardrails.exact_match(logits[:, -1], ans, retr & batch["adversarial"])
+    c, n = losses.exact_match(logits[:, -1], ans, retr)
+    ca, na = losses.exact_match(logits[:, -1], ans, retr & batch["adversarial"])
     norm = lambda xs: jnp.mean(jnp.stack([jnp.linalg.norm(x[:, -1], axis=-1) for x in xs]), 0)
     ms, ss = norm(aux["mem_out"]), norm(aux["self_out"])
     share = jnp.where(retr, ms / jnp.maximum(ms + ss, 1e-9), 0.0).sum() / n_retr
@@ -196,29 +194,27 @@ def make_system(config, task) -> System:
     guard, collapsed = guardrails.check_collapse(guard, gap, dz, collapse)
     metrics["collapsed"] = collapsed.astype(jnp.float32)
     if collapse.stop:
-      loss = jnp.where(collapsed, jnp.nan, loss)
-    return loss, (metrics, guard)
+      metrics["stop"] = collapsed.astype(jnp.float32)
+    return loss, (metrics, (), guard)
 
-  def evaluate(params, batch, mode):
+  def ingest(params, batch):
+    return nnx.merge(graphdef, params).ingest(batch["doc"], jax.random.key(0))[0]
+
+  def answer(params, batch, memory):
+    """The retrieval examples' answer token, read from `memory` (None: decoder alone)."""
     model = nnx.merge(graphdef, params)
-    if mode == "oracle":
-      raise NotImplementedError("hrsa retrieval defines no oracle")
-    memory, _ = model.ingest(batch["doc"], jax.random.key(0))
-    mem = {"memory": memory, "zeroed": memory.zeros_like(), "shuffled": memory.roll(1),
-           "no_memory": None}[mode]
     kn = batch.get("knobs", default_knobs)
     window = jnp.full((batch["doc"].shape[0],), kn["window"], jnp.int32)
-    logits, _ = model.decoder(batch["tokens"], mem, DecodeControl(window_B=window))
+    logits, _ = model.decoder(batch["tokens"], memory, DecodeControl(window_B=window))
     retr = jnp.asarray(batch["is_retrieval"])
-    c, n = guardrails.exact_match(logits[:, -1], batch["answer"], retr)
-    nll = _nll(logits[:, -1], batch["answer"])
-    out = {"correct": c, "count": n, "loss": jnp.where(retr, nll, 0.0).sum() / jnp.maximum(n, 1.0)}
-    if mode == "memory":
-      out["memory"] = memory.flat()
-      out["sim_gap"] = guardrails.sim_gap(jnp.concatenate(memory.levels, axis=1))
-    return out
+    c, n = losses.exact_match(logits[:, -1], batch["answer"], retr)
+    nll = losses.token_nll(logits[:, -1], batch["answer"])
+    return {"correct": c, "count": n, "loss": losses.masked_mean(nll, retr)}
 
-  eval_jit = jax.jit(evaluate, static_argnums=2)
+  @jax.jit
+  def adversarial(params, batch):
+    memory = ingest(params, batch)
+    return answer(params, batch, memory), guardrails.sim_gap(jnp.concatenate(memory.levels, 1))
 
   def extra_results(params, batches):
     t = config.train
@@ -226,13 +222,15 @@ def make_system(config, task) -> System:
     adv = itertools.islice(iter(task.batches("adversarial", bs, t.seed)), t.eval_batches)
     correct = count = 0.0
     for b in adv:
-      out = eval_jit(params, b, "memory")
+      out, _ = adversarial(params, b)
       correct += float(out["correct"])
       count += float(out["count"])
-    gaps = [float(eval_jit(params, b, "memory")["sim_gap"]) for b in itertools.islice(batches, 2)]
+    gaps = [float(adversarial(params, b)[1]) for b in itertools.islice(batches, 2)]
     return {"accuracy_adversarial": correct / max(count, 1.0),
             "sim_gap": float(np.mean(gaps)) if gaps else None}
 
-  return System(init=init, loss=loss_fn, evaluate=evaluate,
-                init_memory=guardrails.GuardState.init, extra_results=extra_results,
+  return System(init=init, loss=loss_fn, ingest=ingest, answer=answer,
+                init_aux=guardrails.GuardState.init, extra_results=extra_results,
+                stop_reason="memory collapse guardrail (model.collapse.stop): sim_gap and "
+                            "delta_zero stayed below their floors",
                 graphdef=graphdef)

@@ -17,11 +17,9 @@ import ml_collections
 from flax import nnx
 
 from memjax.core import config as cfg
-from memjax.core import yardstick
 from memjax.layers import Attention, GatedMLP, RMSNorm, TokenShift, attend, causal_mask
 from memjax.then import traces as traces_lib
 from memjax.core import tbptt
-from memjax.core.system import System
 
 WRITE_POLICIES = ("all", "last")
 
@@ -115,7 +113,7 @@ def validate(config) -> None:
                 f"{m.write_last} exceeds task.segment_len={config.task.segment_len}")
 
 
-class Then:
+class ThenModel:
   """The THEN model's pure functions over (params, segment, state)."""
 
   def __init__(self, config, vocab_size: int, segment_len: int):
@@ -159,49 +157,10 @@ class Then:
     return self.run(params, state, tokens_BxT)[1]
 
   def query(self, params, state, tokens_BxS, *, incognito: bool = False):
-    write_B = jnp.zeros(tokens_BxS.shape[0], bool) if incognito else None
-    return self.segment(params, state, tokens_BxS, write_B=write_B)
-
-
-def make_system(config, task) -> System:
-  then = Then(config, task.vocab_size, config.model.segment_len or task.segment_len)
-  max_answers = task.max_answers
-  s = task.segment_len   # the task's last segment holds the questions
-
-  def loss(params, batch, memory, rng):
-    del rng
-    start = batch.get("reset", jnp.ones(batch["inputs"].shape[0], bool))
-    state = memory.replace(traces=traces_lib.reset(memory.traces, start),
-                           shift_BxWxD=jnp.where(start[:, None, None], 0.0, memory.shift_BxWxD))
-    logits, state = then.run(params, state, batch["inputs"],
-                             truncate_every=config.model.truncate_every)
-    l = yardstick.answer_loss(logits, batch["targets"], batch["answer"])
-    correct, count = yardstick.answer_accuracy(logits, batch["targets"], batch["answer"], max_answers)
-    return l, ({"accuracy": correct / jnp.maximum(count, 1.0)}, state)
-
-  def evaluate(params, batch, mode):
-    """Ingest all but the last segment, change the memory as `mode` says, answer the last."""
-    b = batch["inputs"].shape[0]
-    state = then.init_state(b)
-    if mode != "no_memory":
-      state = then.ingest(params, state, batch["inputs"][:, :-s])
-    if mode == "zeroed":
-      state = state.replace(traces=traces_lib.zero_content(state.traces))
-    elif mode == "shuffled":
-      state = state.replace(traces=traces_lib.shuffle(state.traces))
-    elif mode == "oracle":
-      raise NotImplementedError("recall tasks define no oracle for THEN")
-    logits, _ = then.run(params, state, batch["inputs"][:, -s:])
-    targets, answer = batch["targets"][:, -s:], batch["answer"][:, -s:]
-    correct, count = yardstick.answer_accuracy(logits, targets, answer, max_answers)
-    out = {"correct": correct, "count": count,
-           "loss": yardstick.answer_loss(logits, targets, answer)}
-    if mode == "memory":
-      out["memory"] = traces_lib.flat(state.traces)
-    return out
-
-  return System(init=then.init_params, loss=loss, evaluate=evaluate,
-                init_memory=then.init_state, graphdef=then.graphdef)
+    """-> (logits, state). Incognito answers from the state and returns it unchanged, whole
+    (traces, cursor and token-shift tail): the query leaves no trace."""
+    logits, new = self.segment(params, state, tokens_BxS)
+    return logits, (state if incognito else new)
 
 
 def flops_per_token(m, vocab_size: int, segment_len: int) -> float:

@@ -59,30 +59,6 @@ def write(mem: TraceMemory, keys_BxLxSxKxD: jax.Array, values_BxLxSxKxD: jax.Arr
                      mem.valid_BxC | hit_BxC, cursor % c)
 
 
-def reset(mem: TraceMemory, start_B: jax.Array) -> TraceMemory:
-  """Empties the rows where a new sequence starts (`wipe`)."""
-  keep = ~start_B
-  return jax.tree.map(lambda x: jnp.where(keep.reshape((-1,) + (1,) * (x.ndim - 1)), x,
-                                          jnp.zeros_like(x)), mem)
-
-
-def zero_content(mem: TraceMemory) -> TraceMemory:
-  """The yardstick's `zeroed`: keys and values replaced by zeros, slots left in place."""
-  return mem.replace(keys_BxLxCxKxD=jnp.zeros_like(mem.keys_BxLxCxKxD),
-                     values_BxLxCxKxD=jnp.zeros_like(mem.values_BxLxCxKxD))
-
-
-def shuffle(mem: TraceMemory, shift: int = 1) -> TraceMemory:
-  """The yardstick's `shuffled`: each row gets another row's memory."""
-  return jax.tree.map(lambda x: jnp.roll(x, shift, axis=0), mem)
-
-
-def flat(mem: TraceMemory) -> jax.Array:
-  """Per-example memory content [B, M] (for memory_cosine)."""
-  b = mem.valid_BxC.shape[0]
-  return jnp.concatenate([mem.keys_BxLxCxKxD.reshape(b, -1), mem.values_BxLxCxKxD.reshape(b, -1)], 1)
-
-
 def save_state(path: str, mem) -> None:
   """A per-user state file (npz), written atomically: a crash never leaves half a file."""
   leaves, treedef = jax.tree.flatten(mem)

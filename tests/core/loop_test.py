@@ -50,9 +50,9 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
 
   def poisoned_build(config):
     task, system, tx = real_build(config)
-    def bad(p, b, m, r):
-      loss, aux = system.loss(p, b, m, r)
-      return loss * jnp.nan, aux
+    def bad(p, b, m, a, r):
+      loss, out = system.loss(p, b, m, a, r)
+      return loss * jnp.nan, out
     return task, system.__class__(**{**system.__dict__, "loss": bad}), tx
 
   monkeypatch.setattr(loop, "build", poisoned_build)

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from memjax.core import memory as memory_lib
 from memjax.hrrm import titans
 
 B, D, HID = 2, 4, 6
@@ -89,13 +90,15 @@ def test_memory_learns_an_association():
   assert float(jnp.sum((titans.read(st, k) - v) ** 2)) < 0.2 * err0
 
 
-def test_roll_and_flatten():
+def test_titans_state_follows_the_memory_protocol():
   w0 = (jnp.arange(6.0).reshape(2, 3),)
   st = titans.init_state(w0, 3)
-  st = titans.TitansState((st.weights[0] * jnp.arange(3.0)[:, None, None],), st.momentum)
-  flat = titans.flatten(st)
-  assert flat.shape == (3, 6)
-  np.testing.assert_array_equal(titans.flatten(titans.roll(st)), jnp.roll(flat, 1, 0))
+  st = titans.TitansState((st.weights[0] * jnp.arange(3.0)[:, None, None],),
+                          (jnp.ones((3, 2, 3)),))
+  flat = memory_lib.flat(st)
+  assert flat.shape == (3, 12)   # weights and momentum, per example
+  np.testing.assert_array_equal(memory_lib.flat(memory_lib.shuffled(st)), jnp.roll(flat, 1, 0))
+  assert not any(bool(jnp.any(x != 0)) for x in jax.tree.leaves(memory_lib.zeroed(st)))
 
 
 def test_chunk_must_divide_length():

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from memjax.core import losses
 from memjax.hrsa import guardrails
 
 
@@ -29,13 +30,13 @@ def test_orthogonal_slots_give_sim_gap_one():
 def test_delta_zero_and_exact_match():
   assert float(guardrails.delta_zero(jnp.float32(3.0), jnp.float32(1.5))) == pytest.approx(2.0)
   logits = jnp.array([[0.0, 1.0], [2.0, 0.0], [0.0, 3.0]])
-  c, n = guardrails.exact_match(logits, jnp.array([1, 1, 1]), jnp.array([True, True, False]))
+  c, n = losses.exact_match(logits, jnp.array([1, 1, 1]), jnp.array([True, True, False]))
   assert (float(c), float(n)) == (1.0, 2.0)
 
 
 def test_collapse_flag_after_patience_and_reset():
   cfg = guardrails.CollapseConfig(min_sim_gap=0.1, min_delta_zero=1.05, warmup=2, patience=3)
-  state = guardrails.GuardState.init(2)
+  state = guardrails.GuardState.init()
   flags = []
   for step in range(8):
     gap = jnp.float32(0.0 if step < 7 else 0.5)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from memjax.core import memory as memory_lib
 from memjax.hrsa.model import DecodeControl
 from memjax.hrsa.model import HRSAConfig
 from memjax.hrsa.model import HRSATRM
@@ -38,7 +39,7 @@ def test_zeroed_memory_equals_no_memory_path(model):
   doc = jax.random.randint(jax.random.key(1), (3, 32), 0, 64)
   tokens = jax.random.randint(jax.random.key(2), (3, 10), 0, 64)
   memory, _ = model.ingest(doc, jax.random.key(3))
-  with_zero, _ = model.decoder(tokens, memory.zeros_like())
+  with_zero, _ = model.decoder(tokens, memory_lib.zeroed(memory))
   without, _ = model.decoder(tokens, None)
   np.testing.assert_array_equal(with_zero, without)
   with_mem, _ = model.decoder(tokens, memory)

@@ -1,0 +1,40 @@
+"""Small primitives every design and the yardstick share: cross-entropy, masked means,
+exact match."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def token_nll(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+  """Per-position negative log-likelihood of the targets, float32."""
+  logp = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), -1)
+  return -jnp.take_along_axis(logp, targets_BxT[..., None], -1)[..., 0]
+
+
+def masked_mean(x: jax.Array, weights: jax.Array) -> jax.Array:
+  """sum(x * w) / max(sum(w), 1): a mean over the scored entries, 0 when none are."""
+  w = weights.astype(jnp.float32)
+  return (x * w).sum() / jnp.maximum(w.sum(), 1.0)
+
+
+def answer_loss(logits_BxTxV: jax.Array, targets_BxT: jax.Array, answer_BxT: jax.Array) -> jax.Array:
+  """Mean cross-entropy over the scored positions (answer_BxT > 0)."""
+  return masked_mean(token_nll(logits_BxTxV, targets_BxT), answer_BxT > 0)
+
+
+def answer_accuracy(logits_BxTxV: jax.Array, targets_BxT: jax.Array, answer_BxT: jax.Array,
+                    max_answers: int) -> tuple[jax.Array, jax.Array]:
+  """(answers fully right, answers present): answer_BxT holds answer ids 1..max_answers at the
+  positions they span (0 elsewhere); an answer counts when all its tokens are right."""
+  wrong = (jnp.argmax(logits_BxTxV, -1) != targets_BxT) & (answer_BxT > 0)
+  ids = jax.nn.one_hot(answer_BxT - 1, max_answers, dtype=jnp.int32)          # BxTxA, 0 if none
+  present = ids.sum(1) > 0                                                    # BxA
+  any_wrong = (ids * wrong[..., None]).sum(1) > 0
+  return (present & ~any_wrong).sum().astype(jnp.float32), present.sum().astype(jnp.float32)
+
+
+def exact_match(logits_BxV: jax.Array, answer_B: jax.Array, mask_B: jax.Array):
+  """(correct, count) of one-token answers over the masked examples."""
+  ok = (jnp.argmax(logits_BxV, -1) == answer_B) & mask_B
+  return ok.sum().astype(jnp.float32), mask_B.sum().astype(jnp.float32)
