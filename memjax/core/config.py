@@ -85,3 +85,14 @@ def train_defaults() -> ml_collections.ConfigDict:
       eval_batch_size=64,
       data_parallel=1,         # devices on the mesh `data` axis
   ))
+
+
+def variant(arg: str | None, choices) -> str:
+  """The `arg` of `--config=configs/x.py:arg`, checked: '' when absent, else one of `choices`.
+
+  Every config's get_config starts with this, so a misspelt variant (`:tyni`) is a one-line
+  error instead of a silent run of the default config."""
+  arg = arg or ""
+  require(arg in choices, "config argument",
+          f"unknown variant {arg!r}; choose one of {sorted(choices)}")
+  return arg
