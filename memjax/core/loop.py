@@ -207,3 +207,18 @@ def evaluate_workdir(workdir: str) -> dict:
   results["train_steps"] = int(state.step)
   yardstick.write_results(workdir, results)
   return results
+
+
+def restore_workdir(workdir: str):
+  """(config, task, system, state) of a workdir's latest checkpoint, for binaries that serve a
+  trained model (eval, live memory)."""
+  config = checkpointing.load_config(workdir)
+  validate(config)
+  task, system, tx = build(config)
+  abstract = jax.eval_shape(lambda: init_state(config, system, tx))
+  mngr = checkpointing.manager(workdir, read_only=True)
+  try:
+    state, _ = checkpointing.restore(mngr, abstract)
+  finally:
+    mngr.close()
+  return config, task, system, state
