@@ -8,6 +8,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from memjax.core import cli
+from memjax.core import distributed
 from memjax.core import yardstick
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
@@ -24,7 +25,7 @@ def main(argv):
   _INIT_MULTIHOST()
   results = cli.run_guarded(loop.train, _CONFIG.value, _WORKDIR.value, progress=_PROGRESS.value)
   results.pop("state", None)
-  if results:
+  if results and distributed.is_main():
     print(yardstick.format_table(results))
     print(f"results: {_WORKDIR.value}/results.json")
 

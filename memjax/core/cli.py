@@ -6,9 +6,11 @@ import sys
 
 from memjax.core import checkpointing
 from memjax.core import config as cfg
+from memjax.core import distributed
 
 # Errors a user can fix: printed as one line, exit status 2, no traceback.
-USER_ERRORS = (cfg.ConfigError, checkpointing.CheckpointError, FileNotFoundError)
+USER_ERRORS = (cfg.ConfigError, checkpointing.CheckpointError, FileNotFoundError,
+               distributed.DistributedError)
 
 
 def run_guarded(fn, *args, **kwargs):
@@ -30,8 +32,11 @@ def define_multihost_flags():
   Call at import time of a binary; call the returned function first thing in main().
   """
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from memjax.core import distributed  # pylint: disable=g-import-not-at-top
   coordinator = flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
   num_processes = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
   process_id = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
-  return lambda: distributed.initialize(coordinator.value, num_processes.value, process_id.value)
+  timeout = flags.DEFINE_integer("coordinator_timeout_s", distributed.TIMEOUT_S,
+                                 "Multi-host: seconds to wait for the other processes.")
+  # Bad multi-host flags are user errors too: one line, exit 2 (run_guarded), never a hang.
+  return lambda: run_guarded(distributed.initialize, coordinator.value, num_processes.value,
+                             process_id.value, timeout.value)

@@ -42,11 +42,14 @@ def validate(config) -> None:
   cfg.validate_train(config)
   tasks.validate(config)
   systems.validate(config)
-  dp = config.train.get("data_parallel", 1)
+  dp = distributed.data_parallel(config.train.get("data_parallel", 1))
   cfg.require(dp <= jax.device_count(), "train.data_parallel",
               f"{dp} exceeds the {jax.device_count()} devices available")
   cfg.require(config.train.batch_size % dp == 0, "train.batch_size",
               f"{config.train.batch_size} is not divisible by train.data_parallel={dp}")
+  eval_bs = config.train.get("eval_batch_size", config.train.batch_size)
+  cfg.require(eval_bs % dp == 0, "train.eval_batch_size",
+              f"{eval_bs} is not divisible by the {dp} data-parallel devices")
 
 
 def build(config):
@@ -101,8 +104,9 @@ def train(config, workdir: str, *, progress: bool = True, evaluate_at_end: bool 
   t = config.train
   os.makedirs(workdir, exist_ok=True)
   task, system, tx = build(config)
-  state = init_state(config, system, tx)
-  data = task.batches("train", t.batch_size, t.seed)
+  mesh = distributed.data_mesh(t.get("data_parallel", 1))
+  state = distributed.place(init_state(config, system, tx), mesh)
+  data = distributed.local_batches(task, "train", t.batch_size, t.seed, mesh)
   it = iter(data)
 
   mngr = checkpointing.manager(workdir, keep=t.get("keep_checkpoints", 2))
@@ -114,22 +118,17 @@ def train(config, workdir: str, *, progress: bool = True, evaluate_at_end: bool 
       raise
     it.set_state(data_state)
     logging.info("resumed from step %d", int(state.step))
-  checkpointing.save_config(workdir, config)
-
-  mesh = None
-  if t.get("data_parallel", 1) > 1:
-    mesh = distributed.make_mesh(t.data_parallel)
-    state = state.replace(params=distributed.replicate(state.params, mesh),
-                          opt_state=distributed.replicate(state.opt_state, mesh),
-                          memory=distributed.shard_leading(state.memory, mesh))
+  if distributed.is_main():
+    checkpointing.save_config(workdir, config)
 
   step_fn = jax.jit(make_multi_step(make_train_step(system.loss, tx)), donate_argnums=0)
-  writers = _Writers(workdir, enabled=t.get("tensorboard", True))
+  writers = (_Writers(workdir, enabled=t.get("tensorboard", True)) if distributed.is_main()
+             else distributed.Silent())
   k = t.steps_per_call
   start = int(state.step)
   end = t.steps if stop_after is None else min(t.steps, stop_after)
   bar = None
-  if progress:
+  if progress and distributed.is_main():
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     bar = tqdm(total=t.steps, initial=start, desc=config.model.name, unit="step",
                dynamic_ncols=True)
@@ -137,8 +136,7 @@ def train(config, workdir: str, *, progress: bool = True, evaluate_at_end: bool 
   try:
     while step < end:
       batches = jax.tree.map(lambda *b: np.stack(b), *itertools.islice(it, k))
-      if mesh is not None:
-        batches = distributed.shard_batch(batches, mesh, axis=1)
+      batches = distributed.to_global(batches, mesh, axis=1)
       state, metrics = step_fn(state, batches)
       step += k
       if not bool(metrics["finite"]):
@@ -176,7 +174,8 @@ def train(config, workdir: str, *, progress: bool = True, evaluate_at_end: bool 
   results = evaluate(config, system, task, state.params)
   results["train_steps"] = int(state.step)
   results["train_seconds_this_run"] = train_time
-  yardstick.write_results(workdir, results)
+  if distributed.is_main():
+    yardstick.write_results(workdir, results)
   results["state"] = state
   return results
 
@@ -185,7 +184,10 @@ def evaluate(config, system, task, params) -> dict:
   """The yardstick (plus the system's extra results) on held-out batches."""
   t = config.train
   batch_size = t.get("eval_batch_size", t.batch_size)
-  batches = list(itertools.islice(iter(task.batches("eval", batch_size, t.seed)), t.eval_batches))
+  mesh = distributed.data_mesh(t.get("data_parallel", 1))
+  params = distributed.replicate(params, mesh) if mesh is not None else params
+  local = distributed.local_batches(task, "eval", batch_size, t.seed, mesh)
+  batches = [distributed.to_global(b, mesh) for b in itertools.islice(iter(local), t.eval_batches)]
   results = yardstick.evaluate(system, params, batches, task.chance)
   if system.extra_results is not None:
     results.update(system.extra_results(params, iter(batches)))
@@ -197,7 +199,8 @@ def evaluate_workdir(workdir: str) -> dict:
   config = checkpointing.load_config(workdir)
   validate(config)
   task, system, tx = build(config)
-  abstract = jax.eval_shape(lambda: init_state(config, system, tx))
+  mesh = distributed.data_mesh(config.train.get("data_parallel", 1))
+  abstract = distributed.place(jax.eval_shape(lambda: init_state(config, system, tx)), mesh)
   mngr = checkpointing.manager(workdir, read_only=True)
   try:
     state, _ = checkpointing.restore(mngr, abstract)
@@ -205,7 +208,8 @@ def evaluate_workdir(workdir: str) -> dict:
     mngr.close()  # an open manager's event loop prints noise at exit after an error
   results = evaluate(config, system, task, state.params)
   results["train_steps"] = int(state.step)
-  yardstick.write_results(workdir, results)
+  if distributed.is_main():
+    yardstick.write_results(workdir, results)
   return results
 
 

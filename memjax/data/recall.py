@@ -60,8 +60,13 @@ class SyntheticTask:
     return grain.MapDataset.range(sys.maxsize).map(
         lambda i: self.example_at(split, seed, int(i)))
 
-  def batches(self, split: str, batch_size: int, seed: int) -> grain.IterDataset:
+  def batches(self, split: str, batch_size: int, seed: int,
+              rows: tuple[int, int] | None = None) -> grain.IterDataset:
     """An endless, resumable (get_state/set_state) iterator of batches.
+
+    `rows=(start, stop)` (multi-host: this process's share) yields only those rows of each
+    global batch of `batch_size`, building only their examples; the iterator state is the
+    batch index, the same in every process.
 
     With task.stream_segments = k > 0, training batches are contiguous streams: batch n
     holds segments [k*j, k*(j+1)) of the same `batch_size` examples, j = n mod (N/k), and
@@ -69,7 +74,7 @@ class SyntheticTask:
     the next batch starts from (stateful TBPTT across batches).
     """
     k = self.c.get("stream_segments", 0)
-    whole = self.dataset(split, seed).batch(batch_size, drop_remainder=True)
+    whole = self._batched(self.dataset(split, seed), batch_size, rows)
     if not k or split != "train":
       return whole.to_iter_dataset()
     chunks = self.num_segments // k
@@ -79,10 +84,22 @@ class SyntheticTask:
       b = whole[n // chunks]
       j = n % chunks
       out = {key: v[:, j * width:(j + 1) * width] for key, v in b.items()}
-      out["reset"] = np.full((batch_size,), j == 0)
+      out["reset"] = np.full((len(out["inputs"]),), j == 0)
       return out
 
     return grain.MapDataset.range(sys.maxsize).map(chunk).to_iter_dataset()
+
+  @staticmethod
+  def _batched(ds: grain.MapDataset, batch_size: int, rows) -> grain.MapDataset:
+    if rows is None:
+      return ds.batch(batch_size, drop_remainder=True)
+    lo, hi = rows
+
+    def rows_of(n):  # global batch n holds examples [n * batch_size, (n + 1) * batch_size)
+      exs = [ds[n * batch_size + i] for i in range(lo, hi)]
+      return {k: np.stack([e[k] for e in exs]) for k in exs[0]}
+
+    return grain.MapDataset.range(sys.maxsize // batch_size).map(rows_of)
 
   def _stream(self, tokens: np.ndarray, answer: np.ndarray) -> dict[str, np.ndarray]:
     """inputs = tokens, targets = tokens shifted left; answer marks scored targets."""
