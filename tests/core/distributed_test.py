@@ -25,3 +25,33 @@ def test_shard_batch_splits_the_batch_axis():
   mesh = distributed.make_mesh(4)
   x = distributed.shard_batch({"x": np.zeros((3, 8, 2))}, mesh, axis=1)["x"]
   assert {s.data.shape for s in x.addressable_shards} == {(3, 2, 2)}
+
+
+def test_process_rows_concatenate_to_the_global_batch():
+  """What each of two processes reads (rows=) is its half of the global batch, streams
+  included, and the iterator state (the same in both) resumes where it stopped."""
+  from memjax.core import tasks  # pylint: disable=g-import-not-at-top
+  for stream in (0, 1):
+    c = then_recall.get_config("tiny")
+    c.task.stream_segments = stream
+    task = tasks.make_task(c.task)
+    whole = iter(task.batches("train", 8, 0))
+    halves = [iter(task.batches("train", 8, 0, rows=r)) for r in ((0, 4), (4, 8))]
+    for _ in range(4):
+      w, a, b = next(whole), next(halves[0]), next(halves[1])
+      assert w.keys() == a.keys()
+      for k in w:
+        np.testing.assert_array_equal(w[k], np.concatenate([a[k], b[k]]))
+    assert halves[0].get_state() == halves[1].get_state()
+    again = iter(task.batches("train", 8, 0, rows=(4, 8)))
+    again.set_state(halves[1].get_state())
+    np.testing.assert_array_equal(next(again)["inputs"], next(halves[1])["inputs"])
+
+
+def test_local_batches_is_the_whole_batch_in_one_process():
+  from memjax.core import tasks  # pylint: disable=g-import-not-at-top
+  task = tasks.make_task(then_recall.get_config("tiny").task)
+  mesh = distributed.make_mesh(4)
+  assert distributed.process_rows(mesh, 8) == (0, 8)
+  got = next(iter(distributed.local_batches(task, "eval", 8, 0, mesh)))
+  np.testing.assert_array_equal(got["inputs"], next(iter(task.batches("eval", 8, 0)))["inputs"])
