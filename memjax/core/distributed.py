@@ -90,7 +90,8 @@ def _detail(e: Exception) -> str:
 def _agree(num_processes: int, process_id: int, timeout_s: int) -> None:
   """Every process publishes its --num_processes and reads everyone's: a process started with
   another count fails here, in every process, instead of deadlocking in the first collective."""
-  client = jax._src.distributed.global_state.client  # pylint: disable=protected-access
+  from jax._src import distributed as jd  # pylint: disable=g-import-not-at-top
+  client = jd.global_state.client
   client.key_value_set(f"memjax/num_processes/{process_id}", str(num_processes))
   seen = {process_id: num_processes}
   for i in range(num_processes):
@@ -115,6 +116,33 @@ def _agree(num_processes: int, process_id: int, timeout_s: int) -> None:
 def is_main() -> bool:
   """True in the one process that writes files (process 0; the only one on a single host)."""
   return jax.process_index() == 0
+
+
+_calls = [0]  # on_main calls so far: every process makes them in the same order
+
+
+def on_main(fn, *args, timeout_s: int = TIMEOUT_S, **kwargs):
+  """Runs fn in process 0 only (a workdir lock, a first-time setup); returns its result there
+  and None elsewhere. If it raises in process 0, every other process raises DistributedError
+  with the same message, so the error is one line everywhere instead of a hang later."""
+  if jax.process_count() == 1:
+    return fn(*args, **kwargs)
+  from jax._src import distributed as jd  # pylint: disable=g-import-not-at-top
+  client = jd.global_state.client
+  key = f"memjax/on_main/{_calls[0]}"
+  _calls[0] += 1
+  if is_main():
+    try:
+      out = fn(*args, **kwargs)
+    except Exception as e:
+      client.key_value_set(key, f"error:{str(e).splitlines()[0] if str(e) else type(e).__name__}")
+      raise
+    client.key_value_set(key, "ok")
+    return out
+  got = client.blocking_key_value_get(key, timeout_s * 1000)
+  if got.startswith("error:"):
+    raise DistributedError(f"process 0: {got[len('error:'):]}")
+  return None
 
 
 def data_parallel(requested: int = 1) -> int:

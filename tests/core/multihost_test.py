@@ -201,3 +201,28 @@ def test_mismatched_num_processes_fails_in_every_process(tmp_path):
     assert rc == 2, out[-3000:]
     assert "disagree" in _error_line(out)
   assert not os.path.exists(tmp_path / "config.json")
+
+
+_ON_MAIN = """
+import sys, jax
+from memjax.core import distributed
+distributed.initialize(sys.argv[1], 2, int(sys.argv[2]), timeout_s=60)
+print("first", distributed.on_main(lambda: "lock"))
+def taken(): raise ValueError("workdir is locked")
+try:
+  distributed.on_main(taken)
+except Exception as e:
+  print("second", type(e).__name__, e)
+"""
+
+
+def test_on_main_runs_once_and_shares_its_error():
+  port = _port()
+  procs = [subprocess.Popen([sys.executable, "-c", _ON_MAIN, f"127.0.0.1:{port}", str(i)],
+                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+  (rc0, out0), (rc1, out1) = _wait(procs, timeout=120)
+  assert rc0 == 0 and rc1 == 0, out0 + out1
+  assert "first lock" in out0 and "first None" in out1
+  assert "second ValueError workdir is locked" in out0
+  assert "second DistributedError process 0: workdir is locked" in out1
