@@ -1,8 +1,9 @@
 """Two JAX processes on localhost (gloo CPU collectives) train like one process.
 
-Each child is experiments/train.py with one CPU device (conftest's 4 devices are this parent's
-only); the parent reads their checkpoints and files. The training tests are slow (three pairs
-of processes, each compiling the tiny THEN model): .ci/run runs them with `-m slow`.
+Each child is experiments/train.py (or eval.py) with one CPU device (conftest's 4 devices are
+this parent's only); the parent reads their checkpoints and files. The training test is slow
+(three pairs of training processes, each compiling the tiny THEN model, then a pair of eval
+processes): `pytest -m slow tests/core/multihost_test.py`. The bad-input tests are quick.
 """
 import glob
 import json
@@ -23,6 +24,7 @@ from memjax.core import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(ROOT, "experiments", "train.py")
+EVAL = os.path.join(ROOT, "experiments", "eval.py")
 STEPS = 40
 # The tiny config, longer, so that a kill after the first checkpoint lands mid-run.
 OVERRIDES = dict(steps=STEPS, checkpoint_every=10, log_every=10, steps_per_call=5)
@@ -87,9 +89,13 @@ def _params(workdir, config):
   return int(state.step), [np.asarray(x) for x in jax.tree.leaves(state.params)]
 
 
-def _results(workdir):
+def _results_with_time(workdir):
   with open(os.path.join(workdir, "results.json")) as f:
-    r = json.load(f)
+    return json.load(f)
+
+
+def _results(workdir):
+  r = _results_with_time(workdir)
   r.pop("train_seconds_this_run")
   return r
 
@@ -167,6 +173,21 @@ def test_two_processes_equal_one_and_resume_after_a_kill(tmp_path):
   assert all(logged.count(s) == 1 for s in range(10, resumed_from + 1, 10)), logged
   assert sorted(os.listdir(killed)) == ["checkpoints", "config.json", "metrics.jsonl",
                                         "results.json"]
+
+  # experiments/eval.py as two processes rewrites the same results.json, once.
+  os.remove(os.path.join(two, "results.json"))
+  port = _port()
+  procs = [subprocess.Popen([sys.executable, EVAL, f"--workdir={two}", "--num_processes=2",
+                             f"--process_id={i}", f"--coordinator_address=127.0.0.1:{port}"],
+                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+  outs = _wait(procs)
+  for rc, out in outs:
+    assert rc == 0, out[-3000:]
+  assert ("results:" in outs[0][1]) and ("results:" not in outs[1][1])  # one table, from 0
+  evaluated = _results_with_time(two)
+  assert "train_seconds_this_run" not in evaluated
+  _assert_same_results(_results(killed), evaluated)
 
 
 def _error_line(out):
