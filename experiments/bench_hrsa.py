@@ -13,11 +13,12 @@ forward and gradient) for T=2 and T=8 denoise steps.
 import dataclasses
 import time
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from memjax.core import cli
 from memjax.hrsa.model import HRSAConfig
 from memjax.hrsa.model import HRSATRM
 
@@ -96,4 +97,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

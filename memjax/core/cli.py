@@ -28,10 +28,18 @@ from memjax.core import workdir as wd_lib
 EXIT_USER_ERROR = 2
 
 
+_EXTRA: list = []
+
+
+def also_user_errors(*types) -> None:
+  """Adds a binary's own error types (a loader's "not a tokenizer file") to the one-line path."""
+  _EXTRA.extend(types)
+
+
 def user_errors() -> tuple:
   from memjax.core import checkpointing  # pylint: disable=g-import-not-at-top  (jax, orbax)
   return (cfg.ConfigError, checkpointing.CheckpointError, errors.TrainingDiverged,
-          errors.TrainingStopped, OSError)
+          errors.TrainingStopped, OSError, *_EXTRA)
 
 
 def one_line(message) -> str:
@@ -149,6 +157,18 @@ def _flag_error(e: BaseException, argv) -> str:
     return one_line(text)
   # anything else raised by a config file while it loads (a SyntaxError, a KeyError)
   return f"{where}: {type(chain[-1]).__name__}: {one_line(chain[-1])}"
+
+
+def define_config_file(name: str, default: str | None, help_string: str):
+  """config_flags.DEFINE_config_file (lock_config=False) whose errors are one line, exit 2.
+
+  A config flag with a default loads it, overrides included, when defined (at import,
+  before `run` can catch anything): this catches those errors too."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  try:
+    return config_flags.DEFINE_config_file(name, default, help_string, lock_config=False)
+  except Exception as e:  # pylint: disable=broad-except
+    fail(_flag_error(e, sys.argv))
 
 
 def parse_flags(argv):

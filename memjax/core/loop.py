@@ -104,15 +104,11 @@ def train(config, workdir: str, *, progress: bool = True, evaluate_at_end: bool 
   (only "state" when not evaluated).
   """
   validate(config)
-  # The one writer: process 0 (multi-host writes from there only; issue 17).
-  lock = wd_lib.claim(workdir) if jax.process_index() == 0 else None
-  try:
+  # Before anything is written. The one writer is process 0 (multi-host: issue 17).
+  with wd_lib.claim_primary(workdir):
     return _train(config, os.path.abspath(workdir), progress=progress,
                   evaluate_at_end=evaluate_at_end, stop_after=stop_after,
                   allow_config_change=allow_config_change)
-  finally:
-    if lock is not None:
-      lock.release()
 
 
 def _mismatch_with_config(e: checkpointing.ConfigMismatch, changes) -> checkpointing.ConfigMismatch:
@@ -247,8 +243,7 @@ def evaluate_workdir(workdir: str) -> dict:
   Under the same rules as training: the workdir is locked (refused while a run holds
   it) and checked writable before the yardstick runs; non-finite parameters are refused."""
   checkpointing.load_config(workdir)      # not a workdir at all: say so before locking
-  lock = wd_lib.claim(workdir, create=False) if jax.process_index() == 0 else None
-  try:
+  with wd_lib.claim_primary(workdir, create=False):
     config = checkpointing.load_config(workdir)
     validate(config)
     task, system, tx = build(config)
@@ -268,6 +263,3 @@ def evaluate_workdir(workdir: str) -> dict:
     results["train_steps"] = int(state.step)
     yardstick.write_results(workdir, results)
     return results
-  finally:
-    if lock is not None:
-      lock.release()

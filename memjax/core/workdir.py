@@ -12,6 +12,7 @@ multi-host run writes from process 0 only, through these same functions.
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import errno
 import fcntl
@@ -156,14 +157,34 @@ _HELD: list[Lock] = []
 
 
 def release_all() -> None:
-  """Releases every lock this process holds (before os._exit, which skips `finally`)."""
+  """Releases every lock this process holds (at exit, and before os._exit, which skips it)."""
   for lock in list(_HELD):
     lock.release()
+
+
+atexit.register(release_all)
 
 
 def claim(workdir: str, *, create: bool = True) -> Lock:
   """Checks `workdir` is a writable directory, then locks it for this process."""
   return Lock(check_writable(workdir, create=create)).acquire()
+
+
+class _NoLock:
+  def release(self):
+    pass
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    pass
+
+
+def claim_primary(workdir: str, *, create: bool = True):
+  """`claim` on process 0, the one writer of a multi-host run; a no-op elsewhere."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return claim(workdir, create=create) if jax.process_index() == 0 else _NoLock()
 
 
 # ----------------------------------------------------------------------------- atomic files
