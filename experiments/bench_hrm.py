@@ -52,7 +52,7 @@ def bench(config, n: int, unroll: bool, steps: int, repeats: int):
 def main(argv):
   del argv
   config = _CONFIG.value
-  sizes = [int(s) for s in _SIZES.value]
+  sizes = cli.int_list("sizes", _SIZES.value)
   rows = []
   for unroll in ([False, True] if _UNROLLED.value else [False]):
     base = None

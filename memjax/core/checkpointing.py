@@ -196,8 +196,8 @@ def load_config(workdir: str):
   import ml_collections  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, "config.json")
   if not os.path.isdir(workdir):
-    raise CheckpointError(f"{workdir}: no such workdir" if not os.path.exists(workdir)
-                          else f"{workdir}: is a file, not a workdir")
+    raise CheckpointError(f"{workdir}: no such directory (expected a workdir with config.json)"
+                          if not os.path.exists(workdir) else f"{workdir}: is a file, not a workdir")
   if not os.path.exists(path):
     raise CheckpointError(f"{workdir}: no config.json (not a memjax workdir?)")
   with open(path) as f:

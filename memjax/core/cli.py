@@ -99,6 +99,14 @@ def run_guarded(fn, *args, **kwargs):
 # ----------------------------------------------------------------------------- flags
 
 
+def int_list(flag: str, values) -> list[int]:
+  """A DEFINE_list flag's values as integers; a bad one is a ConfigError naming the flag."""
+  try:
+    return [int(v) for v in values]
+  except ValueError as e:
+    raise cfg.ConfigError(f"--{flag}: expected integers, got {','.join(values)!r}") from e
+
+
 def _config_flags(flag_values):
   """(name, flag) of every DEFINE_config_file flag."""
   from ml_collections.config_flags import config_flags as impl  # pylint: disable=g-import-not-at-top
