@@ -140,6 +140,18 @@ def _restore_for_training(mngr, workdir, state, changes):
   return state, data_state, mngr
 
 
+def _start_files(workdir, config, changes, start: int, end: int) -> None:
+  """The workdir's files as a run starting at `start` needs them (multi-host: process 0's job).
+
+  config.json (and its history when changed); results.json retired when training goes on,
+  so it never sits beside newer checkpoints; metrics rows past `start` dropped, so steps re-run
+  after a resume have one row each."""
+  wd_lib.record_config(workdir, config, changes, step=start)
+  if start < end:
+    wd_lib.retire_results(workdir)
+  wd_lib.truncate_metrics(workdir, start)
+
+
 def _train(config, workdir, *, progress, evaluate_at_end, stop_after, allow_config_change):
   t = config.train
   task, system, tx = build(config)
@@ -155,11 +167,8 @@ def _train(config, workdir, *, progress, evaluate_at_end, stop_after, allow_conf
     it.set_state(data_state)
     logging.info("resumed from step %d", int(state.step))
   start = int(state.step)
-  wd_lib.record_config(workdir, config, changes, step=start)
   end = t.steps if stop_after is None else min(t.steps, stop_after)
-  if start < end:
-    wd_lib.retire_results(workdir)   # never an older results.json beside newer checkpoints
-  wd_lib.truncate_metrics(workdir, start)
+  _start_files(workdir, config, changes, start, end)
 
   mesh = None
   if t.get("data_parallel", 1) > 1:

@@ -118,6 +118,8 @@ def test_results_json_has_the_yardstick_keys(tmp_path):
   assert re["accuracy"] == results["accuracy"]
 
 
+# orbax's reads pending when the damaged step failed report "Exception ignored" when collected.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_damaged_latest_checkpoint_is_skipped_and_remade(tmp_path, straight, capsys):
   import shutil
   wd = str(tmp_path / "wd")

@@ -21,6 +21,6 @@ def test_replay(scenario, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scenario", replay.NEEDS_CLEAN + ("overrides",))
+@pytest.mark.parametrize("scenario", replay.SLOW)
 def test_replay_slow(scenario, tmp_path):
   _assert_all_hold(scenario, tmp_path)
