@@ -18,6 +18,7 @@ from memjax.hrrm import model as hrrm
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = cfg.variant(arg, ("", "tiny"))
   c = ml_collections.ConfigDict()
   c.model = hrrm.model_config("hrm", "tiny")
   c.model.update(d_model=64, num_heads=4, d_ff=128, num_layers=2, max_H=4, inner_T=2,

@@ -17,6 +17,7 @@ from memjax.hrrm import model as hrrm
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = cfg.variant(arg, ("", "tiny", "50m"))
   c = ml_collections.ConfigDict()
   c.model = hrrm.model_config("planner", "50m" if arg == "50m" else "tiny")
   if arg != "50m":

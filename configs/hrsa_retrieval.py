@@ -56,6 +56,7 @@ def task_defaults() -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = cfg.variant(arg, ("", "tiny", "paper"))
   c = ml_collections.ConfigDict()
   c.model = model_defaults()
   c.task = task_defaults()
@@ -77,6 +78,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                   n_text=512, curriculum_steps=(2000, 20000), easy_distractors=8,
                   target_distractors=32, hard_distractors=60)
     c.train.update(steps=50_000, batch_size=8, lr=3e-4, warmup_steps=1000)
-  elif arg:
-    raise ValueError(f"config argument must be '', 'tiny' or 'paper', got {arg!r}")
   return c

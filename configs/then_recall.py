@@ -16,6 +16,7 @@ from memjax.then import model as then
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = cfg.variant(arg, ("", "tiny"))
   c = ml_collections.ConfigDict()
   c.model = then.defaults()
   # One layer, one head: the lookup (query key -> trace written after that key) is a single

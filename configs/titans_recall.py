@@ -18,6 +18,7 @@ from memjax.hrrm import model as hrrm
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = cfg.variant(arg, ("", "tiny"))
   c = ml_collections.ConfigDict()
   c.model = hrrm.model_config("memory", "tiny")
   # A one-layer (linear) memory learns this in minutes on a CPU; the 50M config keeps

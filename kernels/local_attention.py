@@ -1,7 +1,7 @@
 """Pallas GPU kernel for chunked local causal attention with a halo.
 
 Query i, in chunk c = i // chunk, sees keys j with c * chunk - halo <= j <= i
-(the semantics of `memjax.layers.local_attention.local_attention_reference`,
+(the semantics of `local_attention_reference` in local_attention_reference.py beside it,
 the jnp oracle this kernel is tested against).
 
 Forward: a grid over (batch * heads, query blocks). Each program holds one
@@ -39,7 +39,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from memjax.layers.local_attention import local_attention_reference  # noqa: F401  the oracle, importable beside the kernel
+from memjax.kernels.local_attention_reference import local_attention_reference  # noqa: F401  the oracle
 import jax.numpy as jnp
 
 # Finite, so a block whose keys are all masked for a row cannot make NaNs

@@ -1,6 +1,7 @@
 """Config validation shared by every experiment: one-line errors naming the field."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Iterable
 
@@ -111,3 +112,25 @@ def train_defaults() -> ml_collections.ConfigDict:
       end_lr_fraction=0.1,     # the cosine decays from lr to lr * this at step `steps`
       tensorboard=True,        # event files in <workdir>/tensorboard beside metrics.jsonl
   ))
+
+
+def variant(arg: str | None, choices) -> str:
+  """The `arg` of `--config=configs/x.py:arg`, checked: '' when absent, else one of `choices`.
+
+  Every config's get_config starts with this, so a misspelt variant (`:tyni`) is a one-line
+  error instead of a silent run of the default config."""
+  arg = arg or ""
+  require(arg in choices, "config argument",
+          f"unknown variant {arg!r}; choose one of {sorted(choices)}")
+  return arg
+
+
+def typed(cls, section: ml_collections.ConfigDict, field: str = "model",
+          ignore: Iterable[str] = ("name",)):
+  """The frozen dataclass `cls` built from a config section; an unknown key is a one-line
+  error naming it (a typo in `--config.model.capacty=8` never runs silently)."""
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(section.keys()) - names - set(ignore))
+  require(not unknown, f"{field}.{unknown[0]}" if unknown else field,
+          f"unknown key; {cls.__name__} has {sorted(names)}")
+  return cls(**{k: section[k] for k in section.keys() if k in names})

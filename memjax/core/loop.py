@@ -253,22 +253,29 @@ def evaluate_workdir(workdir: str) -> dict:
   it) and checked writable before the yardstick runs; non-finite parameters are refused."""
   checkpointing.load_config(workdir)      # not a workdir at all: say so before locking
   with wd_lib.claim_primary(workdir, create=False):
-    config = checkpointing.load_config(workdir)
-    validate(config)
-    task, system, tx = build(config)
-    abstract = jax.eval_shape(lambda: init_state(config, system, tx))
-    mngr = checkpointing.manager(workdir, read_only=True)
-    try:
-      state, _ = checkpointing.restore(mngr, abstract)
-      where = f"{mngr.directory}/{int(state.step)}"
-    finally:
-      mngr.close()  # an open manager's event loop prints noise at exit after an error
-    bad, total = checkpointing.params_finite(state.params)
-    if bad:
-      raise checkpointing.CheckpointError(
-          f"{where}: {bad:,} of {total:,} parameter values are not finite (NaN or inf); "
-          f"refusing to evaluate")
+    config, task, system, state = restore_workdir(workdir)
     results = evaluate(config, system, task, state.params)
     results["train_steps"] = int(state.step)
     yardstick.write_results(workdir, results)
     return results
+
+
+def restore_workdir(workdir: str):
+  """(config, task, system, state) of a workdir's newest intact checkpoint, for binaries that
+  serve a trained model (eval, live memory); non-finite parameters are refused (one line)."""
+  config = checkpointing.load_config(workdir)
+  validate(config)
+  task, system, tx = build(config)
+  abstract = jax.eval_shape(lambda: init_state(config, system, tx))
+  mngr = checkpointing.manager(workdir, read_only=True)
+  try:
+    state, _ = checkpointing.restore(mngr, abstract)
+    where = f"{mngr.directory}/{int(state.step)}"
+  finally:
+    mngr.close()  # an open manager's event loop prints noise at exit after an error
+  bad, total = checkpointing.params_finite(state.params)
+  if bad:
+    raise checkpointing.CheckpointError(
+        f"{where}: {bad:,} of {total:,} parameter values are not finite (NaN or inf); "
+        f"refusing to use them")
+  return config, task, system, state

@@ -6,6 +6,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from memjax.core.scan import scan
+
 
 def run_segments(apply_segment: Callable, memory, segments, *, truncate_every: int = 0,
                  unroll: bool = False):
@@ -24,13 +26,7 @@ def run_segments(apply_segment: Callable, memory, segments, *, truncate_every: i
                             jax.lax.stop_gradient, lambda m: m, memory)
     return apply_segment(memory, seg)
 
-  if unroll:  # the debug path, and the slow path the scan is tested against
-    outs = []
-    for i in range(n):
-      memory, out = body(memory, (jnp.int32(i), jax.tree.map(lambda s: s[i], segments)))
-      outs.append(out)
-    return memory, jax.tree.map(lambda *o: jnp.stack(o), *outs)
-  return jax.lax.scan(body, memory, (jnp.arange(n, dtype=jnp.int32), segments))
+  return scan(body, memory, (jnp.arange(n, dtype=jnp.int32), segments), unroll=unroll)
 
 
 def split_segments(x_BxT: jax.Array, segment_len: int) -> jax.Array:

@@ -142,7 +142,7 @@ class AssocRecall(SyntheticTask):
     if self.c.get("source", "generator") != "tfds":
       return super().dataset(split, seed)
     from memjax.data import tfds_recall  # pylint: disable=g-import-not-at-top
-    builder = tfds_recall.prepare(self.c, self.c.data_dir, seed=seed,
+    builder = tfds_recall.prepare(self, self.c.data_dir, seed=seed,
                                   num_train=self.c.tfds_train_examples,
                                   num_eval=self.c.tfds_eval_examples)
     src = tfds_recall.data_source(builder, "train" if split == "train" else "eval")

@@ -1,10 +1,11 @@
 """Associative recall as a tensorflow-datasets builder (array_record files, no tensorflow).
 
-  builder = make_builder(task_config, data_dir, num_train=..., num_eval=...)
+  builder = make_builder(task, data_dir, num_train=..., num_eval=...)   # task: a SyntheticTask
   builder.download_and_prepare(file_format="array_record")
   source = tfds.data_source(builder.name, data_dir=data_dir, ...)   # random access, grain-ready
 
-The examples are byte-identical to the in-memory generator's (same seed, same index).
+The examples are byte-identical to the in-memory generator's (same seed, same index): the
+builder writes `task.example_at(split, seed, i)` of the task object it is given.
 """
 from __future__ import annotations
 
@@ -13,13 +14,12 @@ import json
 import numpy as np
 import tensorflow_datasets as tfds
 
-from memjax.data import recall
-
 
 class AssocRecallConfig(tfds.core.BuilderConfig):
-  def __init__(self, *, task: dict, seed: int, num_train: int, num_eval: int, **kw):
+  def __init__(self, *, task: dict, example_at, seed: int, num_train: int, num_eval: int, **kw):
     super().__init__(**kw)
-    self.task, self.seed, self.num_train, self.num_eval = task, seed, num_train, num_eval
+    self.task, self.example_at = task, example_at
+    self.seed, self.num_train, self.num_eval = seed, num_train, num_eval
 
 
 class MemjaxAssocRecall(tfds.core.GeneratorBasedBuilder):
@@ -44,10 +44,8 @@ class MemjaxAssocRecall(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str, n: int):
     c = self.builder_config
-    import ml_collections  # pylint: disable=g-import-not-at-top
-    task = recall.AssocRecall(ml_collections.ConfigDict(c.task))
     for i in range(n):
-      yield i, task.example_at(split, c.seed, i)
+      yield i, c.example_at(split, c.seed, i)
 
 
 def config_name(task: dict, seed: int, num_train: int, num_eval: int) -> str:
@@ -57,16 +55,17 @@ def config_name(task: dict, seed: int, num_train: int, num_eval: int) -> str:
   return "c" + hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
-def make_builder(task_config, data_dir: str, *, seed: int = 0, num_train: int = 10_000,
+def make_builder(task, data_dir: str, *, seed: int = 0, num_train: int = 10_000,
                  num_eval: int = 1_000) -> MemjaxAssocRecall:
-  task = {k: v for k, v in task_config.to_dict().items() if k not in ("source", "data_dir")}
-  name = config_name(task, seed, num_train, num_eval)
-  bc = AssocRecallConfig(name=name, task=task, seed=seed, num_train=num_train, num_eval=num_eval)
+  spec = {k: v for k, v in task.c.to_dict().items() if k not in ("source", "data_dir")}
+  name = config_name(spec, seed, num_train, num_eval)
+  bc = AssocRecallConfig(name=name, task=spec, example_at=task.example_at, seed=seed,
+                         num_train=num_train, num_eval=num_eval)
   return MemjaxAssocRecall(config=bc, data_dir=data_dir)
 
 
-def prepare(task_config, data_dir: str, **kw) -> MemjaxAssocRecall:
-  builder = make_builder(task_config, data_dir, **kw)
+def prepare(task, data_dir: str, **kw) -> MemjaxAssocRecall:
+  builder = make_builder(task, data_dir, **kw)
   builder.download_and_prepare(file_format="array_record")
   return builder
 

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from memjax.core.scan import scan
 from memjax.layers import Attention, GatedMLP, RMSNorm
 
 
@@ -84,7 +85,7 @@ def h_cycle(l_step: Callable, h_step: Callable, x, z_H, z_L, L: int, *, unroll: 
   """L fast steps at fixed z_H, then one slow step."""
   def body(z_L, _):
     return l_step(z_L, z_H, x), None
-  z_L, _ = jax.lax.scan(body, z_L, None, length=L, unroll=L if unroll else 1)
+  z_L, _ = scan(body, z_L, None, length=L, unroll=unroll)
   return h_step(z_H, z_L), z_L
 
 
@@ -102,7 +103,7 @@ def recurse(l_step: Callable, h_step: Callable, x, z_H, z_L, *, H: int, L: int,
   if not one_step_grad:
     def body(carry, _):
       return h_cycle(l_step, h_step, x, *carry, L, unroll=unroll), None
-    (z_H, z_L), _ = jax.lax.scan(body, (z_H, z_L), None, length=H, unroll=H if unroll else 1)
+    (z_H, z_L), _ = scan(body, (z_H, z_L), None, length=H, unroll=unroll)
     return z_H, z_L
 
   x_ng = jax.lax.stop_gradient(x)
@@ -110,12 +111,12 @@ def recurse(l_step: Callable, h_step: Callable, x, z_H, z_L, *, H: int, L: int,
   if H > 1:
     def body(carry, _):
       return h_cycle(l_step, h_step, x_ng, *carry, L, unroll=unroll), None
-    (z_H, z_L), _ = jax.lax.scan(body, (z_H, z_L), None, length=H - 1,
-                                 unroll=H - 1 if unroll else 1)
+    (z_H, z_L), _ = scan(body, (z_H, z_L), None, length=H - 1,
+                                 unroll=unroll)
   if L > 1:
     def lbody(z_L, _):
       return l_step(z_L, z_H, x_ng), None
-    z_L, _ = jax.lax.scan(lbody, z_L, None, length=L - 1, unroll=L - 1 if unroll else 1)
+    z_L, _ = scan(lbody, z_L, None, length=L - 1, unroll=unroll)
   z_H, z_L = jax.lax.stop_gradient((z_H, z_L))
   z_L = l_step(z_L, z_H, x)
   z_H = h_step(z_H, z_L)

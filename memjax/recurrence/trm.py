@@ -17,12 +17,14 @@ from typing import Callable
 
 import jax
 
+from memjax.core.scan import scan
+
 
 def latent_steps(net: Callable, x, y, z, n: int, *, unroll: bool = False):
   """z <- net(x, y, z), n times."""
   def body(z, _):
     return net(x, y, z), None
-  z, _ = jax.lax.scan(body, z, None, length=n, unroll=n if unroll else 1)
+  z, _ = scan(body, z, None, length=n, unroll=unroll)
   return z
 
 
@@ -46,8 +48,8 @@ def recurse(net: Callable, head: Callable, x, y, z, *, n: int, cycles: int,
       y, z = carry
       return cycle(net, head, x_early, y, z, n, unroll=unroll), None
 
-    (y, z), _ = jax.lax.scan(body, carry, None, length=cycles - 1,
-                             unroll=cycles - 1 if unroll else 1)
+    (y, z), _ = scan(body, carry, None, length=cycles - 1,
+                             unroll=unroll)
     if one_step_grad:
       y, z = jax.lax.stop_gradient((y, z))
   return cycle(net, head, x, y, z, n, unroll=unroll)

@@ -10,6 +10,8 @@ across segments (TBPTT) and, for contiguous streams, across batches.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -30,11 +32,25 @@ class ThenState:
   shift_BxWxD: jax.Array         # token-shift tail: the last inputs of the previous segment
 
 
+@dataclasses.dataclass(frozen=True)
+class ThenConfig:
+  """The THEN model, built from `config.model` (memjax.core.config.typed)."""
+  dim: int = 64
+  layers: int = 2
+  heads: int = 4
+  kv_heads: int = 4
+  mlp_ratio: int = 2
+  shift_width: int = 2
+  capacity: int = 64           # traces in the ring buffer
+  write: str = "all"           # which of a segment's positions write traces: all, last
+  write_last: int = 16
+  read_memory: bool = True     # False: the traces are never read (the disconnected control)
+  truncate_every: int = 0      # TBPTT: detach the memory every k segments (0: never)
+  segment_len: int = 0         # 0: the task's own segment length
+
+
 def defaults() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      name="then", dim=64, layers=2, heads=4, kv_heads=4, mlp_ratio=2, shift_width=2,
-      capacity=64, write="all", write_last=16, read_memory=True, truncate_every=0,
-      segment_len=0))  # 0: the task's own segment length
+  return ml_collections.ConfigDict(dict(name="then", **dataclasses.asdict(ThenConfig())))
 
 
 class HybridTHENAttention(nnx.Module):
@@ -92,7 +108,7 @@ class ThenLM(nnx.Module):
 
 
 def validate(config) -> None:
-  m = config.model
+  m = cfg.typed(ThenConfig, config.model)
   cfg.positive(config, "model.dim", "model.layers", "model.heads", "model.kv_heads",
                "model.mlp_ratio", "model.shift_width", "model.capacity")
   cfg.non_negative(config, "model.truncate_every")
@@ -117,7 +133,7 @@ class ThenModel:
   """The THEN model's pure functions over (params, segment, state)."""
 
   def __init__(self, config, vocab_size: int, segment_len: int):
-    self.m = config.model
+    self.m = cfg.typed(ThenConfig, config.model)
     self.vocab_size = vocab_size
     self.segment_len = segment_len
     model = nnx.eval_shape(lambda: ThenLM(vocab_size, self.m, rngs=nnx.Rngs(0)))

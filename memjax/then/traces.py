@@ -6,13 +6,9 @@ passed into the model and returned, never hidden in a module.
 """
 from __future__ import annotations
 
-import os
-import tempfile
-
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 @flax.struct.dataclass
@@ -57,31 +53,3 @@ def write(mem: TraceMemory, keys_BxLxSxKxD: jax.Array, values_BxLxSxKxD: jax.Arr
   return TraceMemory(jnp.where(sel, new_k, mem.keys_BxLxCxKxD),
                      jnp.where(sel, new_v, mem.values_BxLxCxKxD),
                      mem.valid_BxC | hit_BxC, cursor % c)
-
-
-def save_state(path: str, mem) -> None:
-  """A per-user state file (npz), written atomically: a crash never leaves half a file."""
-  leaves, treedef = jax.tree.flatten(mem)
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
-  with os.fdopen(fd, "wb") as f:
-    np.savez(f, treedef=np.array(str(treedef)), **{f"leaf{i}": np.asarray(x) for i, x in enumerate(leaves)})
-  os.replace(tmp, path)
-
-
-def load_state(path: str, like):
-  """Reads a state file into the structure of `like`; a clear error if it does not fit."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: no memory state file")
-  leaves, treedef = jax.tree.flatten(like)
-  try:
-    with np.load(path) as f:
-      got = [f[f"leaf{i}"] for i in range(len(leaves))]
-  except Exception as e:
-    raise ValueError(f"{path}: unreadable memory state file ({e})") from e
-  for i, (a, b) in enumerate(zip(got, leaves)):
-    if a.shape != b.shape or a.dtype != b.dtype:
-      raise ValueError(f"{path}: leaf {i} is {a.dtype}{list(a.shape)}, model expects "
-                       f"{b.dtype}{list(b.shape)}")
-  return jax.tree.unflatten(treedef, [jnp.asarray(a) for a in got])

@@ -93,26 +93,6 @@ def test_disconnected_memory_gives_zeroed_accuracy_equal_to_accuracy():
 
 
 
-def test_state_file_roundtrip_and_errors(tmp_path):
-  c, task, model, _ = _system()
-  params = model.init_params(jax.random.key(0))
-  x = jnp.asarray(next(iter(task.batches("train", 2, 0)))["inputs"])
-  state = model.ingest(params, model.init_state(2), x)
-  path = str(tmp_path / "user42.npz")
-  traces.save_state(path, state)
-  back = traces.load_state(path, model.init_state(2))
-  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(back)):
-    np.testing.assert_array_equal(a, b)
-  with pytest.raises(ValueError, match="model expects"):
-    traces.load_state(path, model.init_state(3))
-  with pytest.raises(FileNotFoundError):
-    traces.load_state(str(tmp_path / "nobody.npz"), model.init_state(2))
-  (tmp_path / "bad.npz").write_bytes(b"not a zip")
-  with pytest.raises(ValueError, match="unreadable"):
-    traces.load_state(str(tmp_path / "bad.npz"), model.init_state(2))
-  assert traces.load_state(path, model.init_state(2)) is not None   # original untouched
-
-
 def test_stream_batches_carry_memory_like_one_long_pass():
   """Segmented training across batches (memory carried in the state) equals one long pass."""
   c, task, model, system = _system()
