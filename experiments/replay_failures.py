@@ -188,7 +188,7 @@ def _bad_input_cases(tmp: str, more: bool) -> list:
                                              "--config.train.stepz=1"), "unknown config key"),
   ]
   if more:
-    cases += [
+    cases = [
         ("train: badly typed override", ("experiments/train.py", CONFIG,
                                          "--config.train.steps=x", f"--workdir={wd}"),
          "--config.train.steps=x"),
@@ -239,8 +239,9 @@ def more_bad_inputs(tmp: str) -> list:
 
 def divergence(tmp: str) -> list:
   """lr=3e38 (finite, passes validation) drives the parameters to inf: the run stops in one
-  line and exit 2, every checkpoint on disk is finite; a NaN checkpoint made by hand is
-  refused by eval.py in one line; eval of the last good one prints nothing on stderr."""
+  line and exit 2, every checkpoint on disk is finite; eval of the last good one prints
+  nothing on stderr; eval into the same workdir made unwritable is refused before the
+  yardstick; a NaN checkpoint made by hand is refused by eval.py in one line."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   wd = os.path.join(tmp, "diverge")
   r = train(wd, "--config.train.lr=3e38", "--config.train.steps_per_call=1",
@@ -253,6 +254,18 @@ def divergence(tmp: str) -> list:
   r = run("experiments/eval.py", f"--workdir={wd}")
   checks.append(Check("eval of the last good checkpoint: exit 0, no stderr (no orbax noise)",
                       r.rc == 0 and not r.err.strip(), r.show()))
+  results = open(os.path.join(wd, "results.json")).read()
+  with _UnwritableDir(wd) as unwritable:
+    if unwritable:
+      r = run("experiments/eval.py", f"--workdir={wd}")
+      checks.append(Check("eval into an unwritable workdir: refused before the yardstick, one "
+                          "line, exit 2", r.one_line("not writable"), r.show()))
+    else:
+      checks.append(Check("eval into an unwritable workdir", None,
+                          "skipped: neither chmod (root) nor chattr +i made a directory "
+                          "unwritable"))
+  checks.append(Check("  results.json as it was", results == open(os.path.join(
+      wd, "results.json")).read(), ""))
   # A NaN checkpoint (as the unfixed loop saved): the same state with its parameters NaN.
   nan_wd = os.path.join(tmp, "nan")
   shutil.copytree(wd, nan_wd)

@@ -61,11 +61,10 @@ def _chain(e: BaseException) -> list:
 
 
 def describe(e: BaseException) -> str:
-  """The one line for a user error (the innermost ConfigError of a chain wins: a config
-  file's get_config reaches us wrapped by ml_collections and absl)."""
-  config_errors = [x for x in _chain(e) if isinstance(x, cfg.ConfigError)]
-  if config_errors:
-    return one_line(config_errors[-1])
+  """The one line for a user error (for a ConfigError re-raised with context, its innermost
+  ConfigError: the one that names the field)."""
+  if isinstance(e, cfg.ConfigError):
+    return one_line([x for x in _chain(e) if isinstance(x, cfg.ConfigError)][-1])
   if isinstance(e, OSError) and not isinstance(e, wd_lib.WorkdirError) and e.filename:
     return one_line(f"{e.filename}: {e.strerror or e}")
   return one_line(e)
