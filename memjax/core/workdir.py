@@ -6,9 +6,11 @@ an exclusive lock (`LOCK`, naming host, pid and start time), released at exit. A
 second run on the same workdir is refused with one line naming the holder; a lock
 left by a process that died (kill -9, power loss) is taken over with a warning.
 
-Every file the loop writes here goes through `write_json` / `write_text` (atomic:
-written beside, then renamed), so a kill never leaves a half-written file; a
-multi-host run writes from process 0 only, through these same functions.
+config.json, config.history.jsonl and the rewritten metrics.jsonl are written
+atomically here (`write_text`: written beside, fsynced, renamed), results.json by
+yardstick.write_results the same way, so a kill never leaves a half-written file.
+The run-start rewrites are called from one place, loop._start_files (multi-host:
+process 0's job).
 """
 from __future__ import annotations
 
