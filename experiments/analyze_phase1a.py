@@ -7,9 +7,10 @@ Plots go to the first workdir (or --out): loss_curves.png, convergence_by_k.png.
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from memjax.dcm import report
+from memjax.core import cli
 
 _WORKDIR = flags.DEFINE_list("workdir", None, "Workdir(s) of experiments/phase1a.py runs.")
 _OUT = flags.DEFINE_string("out", None, "Where the PNGs go (default: the first workdir).")
@@ -36,4 +37,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["workdir"])
-  sys.exit(app.run(main))
+  cli.run(main)

@@ -8,14 +8,13 @@ compile), the ratio to the smallest n, and the median time of a compiled step.
 Scanned loops should keep the ratio near 1 (aim: <= 1.3 from 2 to 8);
 --unrolled adds the same with the loops unrolled, for contrast.
 """
-import sys
 import time
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/hrm_reasoning.py",
-                                          "An HRM-family config.", lock_config=False)
+from memjax.core import cli
+
+_CONFIG = cli.define_config_file("config", "configs/hrm_reasoning.py", "An HRM-family config.")
 _SIZES = flags.DEFINE_list("sizes", ["2", "8"], "H = L values.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per size.")
 _UNROLLED = flags.DEFINE_bool("unrolled", False, "Also time unrolled loops.")
@@ -53,7 +52,7 @@ def bench(config, n: int, unroll: bool, steps: int, repeats: int):
 def main(argv):
   del argv
   config = _CONFIG.value
-  sizes = [int(s) for s in _SIZES.value]
+  sizes = cli.int_list("sizes", _SIZES.value)
   rows = []
   for unroll in ([False, True] if _UNROLLED.value else [False]):
     base = None
@@ -70,4 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

@@ -13,11 +13,12 @@ forward and gradient) for T=2 and T=8 denoise steps.
 import dataclasses
 import time
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from memjax.core import cli
 from memjax.hrsa.model import HRSAConfig
 from memjax.hrsa.model import HRSATRM
 
@@ -45,7 +46,8 @@ def _time(fn, *args):
 
 def main(argv):
   del argv
-  lengths = [int(x) for x in _LENGTHS.value]
+  lengths = cli.int_list("lengths", _LENGTHS.value)
+  denoise_steps = cli.int_list("denoise_steps", _STEPS.value)
   backends = list(_BACKENDS.value)
   cfg = HRSAConfig(vocab_size=256, dim=_DIM.value, heads=_HEADS.value, enc_layers=1,
                    enc_chunk=_CHUNK.value, enc_halo=_HALO.value, max_context=max(lengths),
@@ -78,7 +80,7 @@ def main(argv):
     print(f"dense ratio {hi}/{lo}: {dense[hi] / dense[lo]:.2f}")
 
   compile_s = {}
-  for t in (int(x) for x in _STEPS.value):
+  for t in denoise_steps:
     c = HRSAConfig(**{**cfg.__dict__, "denoise_steps": t})
     gt, pt = nnx.split(HRSATRM(c, rngs=nnx.Rngs(0)), nnx.Param)
     doc = jnp.zeros((2, lengths[0]), jnp.int32)
@@ -96,4 +98,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,6 +40,7 @@ except ModuleNotFoundError:  # a plain checkout: kernels/ is memjax.kernels only
   _spec.loader.exec_module(sys.modules["memjax.kernels"])
   from memjax.kernels import local_attention as kernel
 from memjax.layers.local_attention import local_attention_reference
+from memjax.core import cli
 
 _LENGTHS = flags.DEFINE_list("lengths", ["4096", "8192", "16384", "32768"], "Sequence lengths.")
 _HEAD_DIMS = flags.DEFINE_list("head_dims", ["64", "128"], "Head dims.")
@@ -199,4 +200,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

@@ -6,13 +6,14 @@ Both paths run the same compiled round function (stage 2, `steps` steps); compil
 excluded (one warm-up call per shape); each timing is the best of --repeats.
 """
 import os
-import sys
 import time
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from memjax.core import cli
 
 _MODEL = flags.DEFINE_string("model", "tiny:qwen2", "Generator: tiny:<arch>, gemma3-270m, or a path.")
 _BATCH = flags.DEFINE_integer("batch", 16, "Examples in the vmapped batch.")
@@ -81,4 +82,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

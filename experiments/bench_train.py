@@ -6,22 +6,20 @@
 Prints tokens/s; MFU = model FLOPs/s / FLOP/s of a float32 matmul measured in the
 same run; and compile time of the TBPTT gradient over 16 vs 2 segments.
 """
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from memjax.then import model as then
+from memjax.core import cli
 from memjax.core import loop
 from memjax.core.step import make_multi_step
 from memjax.core.step import make_train_step
+from memjax.then import model as then
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/then_recall.py", "Config file.",
-                                          lock_config=False)
+_CONFIG = cli.define_config_file("config", "configs/then_recall.py", "Config file.")
 _CALLS = flags.DEFINE_integer("calls", 10, "Timed calls of the jitted multi-step.")
 _MATMUL = flags.DEFINE_integer("matmul", 2048, "Size of the reference float32 matmul.")
 
@@ -96,4 +94,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

@@ -10,7 +10,9 @@ import glob
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from memjax.core import cli
 
 _OUT = flags.DEFINE_string("out", "artifacts/hrrm/tokenizer.json", "Where tokenizer.json goes.")
 _CORPUS = flags.DEFINE_multi_string("corpus", None, "Glob(s) of text files (default: the repo).")
@@ -55,4 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

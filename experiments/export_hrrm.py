@@ -9,9 +9,10 @@ The folder holds config.json, model.safetensors, tokenizer.json; memjax reloads
 it bit-exactly (memjax.hrrm.export.load), which this binary verifies.
 """
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from memjax.core import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (latest checkpoint).")
 _TOKENIZER = flags.DEFINE_string("tokenizer", "artifacts/hrrm/tokenizer.json",
@@ -27,47 +28,54 @@ def main(argv):
   import jax
   import numpy as np
   from memjax.core import checkpointing
+  from memjax.core import config as cfg
+  from memjax.core import loop
+  from memjax.core import workdir as wd_lib
   from memjax.hrrm import tokenizer as hrrm_tokenizer
   from memjax.hrrm import export as hrrm_export
-  from memjax.core import loop
-  try:
-    if _CHECK.value:
-      m, params = hrrm_export.load(_CHECK.value)
-      n = sum(x.size for x in jax.tree.leaves(params))
-      print(f"{_CHECK.value}: {m.name}, {n:,} parameters, reload ok")
-      return 0
-    if not _WORKDIR.value or not _OUT.value:
-      raise ValueError("--workdir and --out: both required (or --check=FOLDER)")
-    config = checkpointing.load_config(_WORKDIR.value)
-    loop.validate(config)
-    task, system, tx = loop.build(config)
+  cli.also_user_errors(hrrm_export.ExportError, hrrm_tokenizer.TokenizerError)
+  if _CHECK.value:
+    m, params = hrrm_export.load(_CHECK.value)
+    n = sum(x.size for x in jax.tree.leaves(params))
+    print(f"{_CHECK.value}: {m.name}, {n:,} parameters, reload ok")
+    return 0
+  if not _WORKDIR.value or not _OUT.value:
+    raise cfg.ConfigError("--workdir and --out: both required (or --check=FOLDER)")
+  config = checkpointing.load_config(_WORKDIR.value)
+  loop.validate(config)
+  task, system, tx = loop.build(config)
+  wd_lib.check_writable(_OUT.value)   # before the restore: the export must be able to land
+  # Read under the training rules: not while a run writes the workdir.
+  with wd_lib.claim(_WORKDIR.value, create=False):
     tokenizer = _TOKENIZER.value
     if tokenizer == "task":
       if not hasattr(task, "words"):
-        raise ValueError(f"--tokenizer=task: task {config.task.name!r} has no word vocabulary")
-      os.makedirs(_OUT.value, exist_ok=True)
+        raise cfg.ConfigError(f"--tokenizer=task: task {config.task.name!r} has no word vocabulary")
       tokenizer = os.path.join(_OUT.value, "tokenizer.json")
       hrrm_tokenizer.word_level(task.words).save(tokenizer)
     hrrm_tokenizer.load(tokenizer)
     abstract = jax.eval_shape(lambda: loop.init_state(config, system, tx))
     mngr = checkpointing.manager(_WORKDIR.value, read_only=True)
-    if mngr.latest_step() is None:
-      raise ValueError(f"--workdir: {_WORKDIR.value} has no checkpoint")
-    state, _ = checkpointing.restore(mngr, abstract)
-    hrrm_export.save(_OUT.value, config.model, state.params, tokenizer,
-                     vocab_size=task.vocab_size)
-    _, back = hrrm_export.load(_OUT.value)
-    same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
-               zip(jax.tree.leaves(state.params), jax.tree.leaves(back)))
-    if not same:
-      raise RuntimeError("reloaded parameters differ from the checkpoint")
-    print(f"exported {config.model.name} (step {int(state.step)}) to {_OUT.value}; "
-          f"reload bit-exact")
-    return 0
-  except (ValueError, RuntimeError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    try:
+      state, _ = checkpointing.restore(mngr, abstract)
+    finally:
+      mngr.close()
+  bad, total = checkpointing.params_finite(state.params)
+  if bad:
+    raise checkpointing.CheckpointError(
+        f"{_WORKDIR.value} step {int(state.step)}: {bad:,} of {total:,} parameter values are "
+        f"not finite (NaN or inf); refusing to export")
+  hrrm_export.save(_OUT.value, config.model, state.params, tokenizer,
+                   vocab_size=task.vocab_size)
+  _, back = hrrm_export.load(_OUT.value)
+  same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+             zip(jax.tree.leaves(state.params), jax.tree.leaves(back)))
+  if not same:
+    raise RuntimeError("reloaded parameters differ from the checkpoint")   # a bug: traceback
+  print(f"exported {config.model.name} (step {int(state.step)}) to {_OUT.value}; "
+        f"reload bit-exact")
+  return 0
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

@@ -7,9 +7,7 @@ Multi-host: the same command on every host with --coordinator_address=host0:port
 --num_processes=N --process_id=i (and --config.mesh.data = the global device count).
 Writes <workdir>/results.json, examples/*.json, content.npz, curves.npz.
 """
-import sys
-
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from memjax.core import cli
@@ -23,9 +21,12 @@ _INIT_MULTIHOST = cli.define_multihost_flags()
 def main(argv):
   del argv
   _INIT_MULTIHOST()
+  from memjax.core import workdir  # pylint: disable=g-import-not-at-top
+  # Before any work: an unusable or busy workdir is one line and exit 2, not a lost run.
+  workdir.claim_primary(_WORKDIR.value)   # held until the process exits
   from memjax.core import yardstick  # pylint: disable=g-import-not-at-top
   from memjax.dcm import phase1a  # pylint: disable=g-import-not-at-top
-  examples, loaded = cli.run_guarded(phase1a.prepare, _CONFIG.value)
+  examples, loaded = phase1a.prepare(_CONFIG.value)
   results = phase1a.run(_CONFIG.value, _WORKDIR.value, examples=examples, loaded=loaded)
   print(yardstick.format_table(results))
   print(f"convergence_rate {results['convergence_rate']:.3f}; results: "
@@ -34,4 +35,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  sys.exit(app.run(main))
+  cli.run(main)

@@ -7,7 +7,9 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from memjax.core import cli
 
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "Training workdirs with results.json.")
 _OUT = flags.DEFINE_string("out", None, "Markdown file to write (also prints it).")
@@ -70,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

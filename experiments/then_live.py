@@ -9,9 +9,7 @@ Tokens are the model's token ids (comma-separated, or --tokens_file with whitesp
 ids). `query` prints, per query token, the model's most likely next token; with --incognito
 the user's state is left as it was, byte for byte.
 """
-import sys
-
-from absl import app, flags, logging
+from absl import flags, logging
 
 from memjax.core import cli
 from memjax.then import live
@@ -72,8 +70,8 @@ def run(argv):
 
 def main(argv):
   logging.set_verbosity(logging.WARNING)
-  cli.run_guarded(run, argv)
+  run(argv)
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

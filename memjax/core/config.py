@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Iterable
 
 import ml_collections
+
+FLOAT32_MAX = 3.4028234663852886e38   # numpy.finfo(numpy.float32).max, without importing numpy
 
 
 class ConfigError(ValueError):
@@ -52,8 +55,21 @@ def divides(config, small: str, big: str) -> None:
   require(b % a == 0, small, f"{a} does not divide {big}={b}")
 
 
+def floats_representable(config, prefix: str = "") -> None:
+  """Every float in the config is finite and fits float32 (the training dtype): lr=inf, or
+  1e39 (inf in float32), would pass `positive` and turn the parameters into NaN."""
+  for key, v in config.items():
+    field = f"{prefix}{key}"
+    if isinstance(v, (ml_collections.ConfigDict, dict)):
+      floats_representable(v, field + ".")
+    elif isinstance(v, float):
+      require(math.isfinite(v) and abs(v) <= FLOAT32_MAX, field,
+              f"must be finite and representable in float32, got {v!r}")
+
+
 def validate_train(config) -> None:
   """The `train` section every experiment shares."""
+  floats_representable(config)
   positive(config, "train.steps", "train.batch_size", "train.lr", "train.log_every",
            "train.eval_batches", "train.steps_per_call")
   non_negative(config, "train.warmup_steps", "train.weight_decay", "train.clip_norm",
@@ -66,6 +82,12 @@ def validate_train(config) -> None:
           "must be a multiple of train.steps_per_call (or 0 for no checkpoints)")
   mesh = get(config, "train.data_parallel", 1)
   require(isinstance(mesh, int) and mesh >= 1, "train.data_parallel", f"must be >= 1, got {mesh!r}")
+  for f in ("train.b1", "train.b2"):
+    v = get(config, f, 0.9)
+    require(isinstance(v, (int, float)) and 0 <= v < 1, f, f"must be in [0, 1), got {v!r}")
+  end = get(config, "train.end_lr_fraction", 0.1)   # a workdir's config.json may predate it
+  require(isinstance(end, (int, float)) and 0 <= end <= 1, "train.end_lr_fraction",
+          f"must be in [0, 1], got {end!r}")
 
 
 def train_defaults() -> ml_collections.ConfigDict:
@@ -85,6 +107,10 @@ def train_defaults() -> ml_collections.ConfigDict:
       eval_batches=8,
       eval_batch_size=64,
       data_parallel=1,         # devices on the mesh `data` axis
+      b1=0.9,                  # AdamW moments
+      b2=0.98,
+      end_lr_fraction=0.1,     # the cosine decays from lr to lr * this at step `steps`
+      tensorboard=True,        # event files in <workdir>/tensorboard beside metrics.jsonl
   ))
 
 

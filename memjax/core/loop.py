@@ -1,7 +1,12 @@
 """The generic training loop: config in, checkpoints, metrics and results.json out.
 
-Every model family plugs in through a System (memjax/training/system.py); the
+Every model family plugs in through a System (memjax/core/system.py); the
 loop owns state, data, checkpoints, logging and the final yardstick.
+
+A workdir has one writer (memjax.core.workdir: a lock, taken before anything is
+written); a resumed run must have the config it was started with, or say
+`allow_config_change` (the change goes to config.history.jsonl); a state with a
+non-finite loss, gradient or parameter is never saved.
 """
 from __future__ import annotations
 
@@ -20,19 +25,14 @@ from memjax.core import distributed
 from memjax.core import registry as systems
 from memjax.core import config as cfg
 from memjax.core import tasks
+from memjax.core import workdir as wd_lib
 from memjax.core import yardstick
+from memjax.core.errors import TrainingDiverged  # noqa: F401  (raised here, caught by cli)
+from memjax.core.errors import TrainingStopped  # noqa: F401
 from memjax.core.optim import make_optimizer
 from memjax.core.state import TrainState
 from memjax.core.step import make_multi_step
 from memjax.core.step import make_train_step
-
-
-class TrainingDiverged(RuntimeError):
-  """Loss or gradients went non-finite; the last good checkpoint is left intact."""
-
-
-class TrainingStopped(RuntimeError):
-  """The system asked to stop (System.stop_reason); the last good checkpoint is left intact."""
 
 
 def validate(config) -> None:
@@ -69,12 +69,15 @@ def init_state(config, system, tx) -> TrainState:
 class _Writers:
   """metrics.jsonl plus TensorBoard event files in the workdir."""
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, start: int = 0):
+    # Rows past `start` were dropped (wd_lib.truncate_metrics): steps re-run after a resume
+    # get one row each; TensorBoard is told the same with purge_step.
     self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
     self.tb = None
     if enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                              purge_step=start + 1 if start else None)
 
   def write(self, step: int, metrics: dict) -> None:
     self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
@@ -94,39 +97,88 @@ def _scalars(metrics) -> dict:
 
 
 def train(config, workdir: str, *, progress: bool = True, evaluate_at_end: bool = True,
-          stop_after: int | None = None) -> dict:
-  """Trains (resuming from the latest checkpoint in `workdir`), then writes results.json.
+          stop_after: int | None = None, allow_config_change: bool = False) -> dict:
+  """Trains (resuming from the newest intact checkpoint in `workdir`), then writes results.json.
 
-  `stop_after` ends the run early at that step, as if killed after its checkpoint
-  (for resume tests). Returns the results dict (empty when not evaluated).
+  The workdir is locked for the whole run (a second writer is refused). Resuming with
+  a config that differs from the workdir's config.json raises ConfigError listing the
+  differences, unless `allow_config_change`. `stop_after` ends the run early at that
+  step, as if killed after its checkpoint (for resume tests). Returns the results dict
+  (only "state" when not evaluated).
   """
   validate(config)
+  # Before anything is written. The one writer is process 0 (multi-host: issue 17).
+  with wd_lib.claim_primary(workdir):
+    return _train(config, os.path.abspath(workdir), progress=progress,
+                  evaluate_at_end=evaluate_at_end, stop_after=stop_after,
+                  allow_config_change=allow_config_change)
+
+
+def _mismatch_with_config(e: checkpointing.ConfigMismatch, changes) -> checkpointing.ConfigMismatch:
+  """Names the config keys behind a shape mismatch, when the config change is known."""
+  model = [(k, o, n) for k, o, n in changes if k.startswith("model.")]
+  if not model:
+    return e
+  keys = ", ".join(f"{k} {n!r} vs {o!r}" for k, o, n in model)
+  return checkpointing.ConfigMismatch(e.where, f"{keys} (config vs checkpoint); {e.detail}")
+
+
+def _restore_for_training(mngr, workdir, state, changes):
+  """The newest intact checkpoint; damaged newer steps are moved aside with a warning so the
+  resumed run can write those steps again. Returns (state, data_state, manager)."""
+  try:
+    state, data_state, skipped = checkpointing.restore_intact(mngr, checkpointing.abstract(state))
+  except checkpointing.ConfigMismatch as e:
+    mngr.close()
+    raise _mismatch_with_config(e, changes) from e
+  except checkpointing.CheckpointError:
+    mngr.close()
+    raise
+  if skipped:
+    for s, e in skipped:
+      moved = checkpointing.quarantine(mngr, workdir, s)
+      wd_lib.warn(f"skipped damaged checkpoint step {s} ({e}); moved it to {moved}; "
+                  f"resuming from step {int(state.step)}")
+    mngr.reload()
+  return state, data_state, mngr
+
+
+def _start_files(workdir, config, changes, start: int, end: int) -> None:
+  """The workdir's files as a run starting at `start` needs them (multi-host: process 0's job).
+
+  config.json (and its history when changed); results.json retired when training goes on,
+  so it never sits beside newer checkpoints; metrics rows past `start` dropped, so steps re-run
+  after a resume have one row each."""
+  wd_lib.record_config(workdir, config, changes, step=start)
+  if start < end:
+    wd_lib.retire_results(workdir)
+  wd_lib.truncate_metrics(workdir, start)
+
+
+def _train(config, workdir, *, progress, evaluate_at_end, stop_after, allow_config_change):
   t = config.train
-  os.makedirs(workdir, exist_ok=True)
   task, system, tx = build(config)
   mesh = distributed.data_mesh(t.get("data_parallel", 1))
   state = distributed.place(init_state(config, system, tx), mesh)
   data = distributed.local_batches(task, "train", t.batch_size, t.seed, mesh)
   it = iter(data)
 
+  # Before anything is restored or written: a changed config is refused (or allowed and kept).
+  changes = wd_lib.check_config(workdir, config, allow_change=allow_config_change)
   mngr = checkpointing.manager(workdir, keep=t.get("keep_checkpoints", 2))
   if mngr.latest_step() is not None:
-    try:
-      state, data_state = checkpointing.restore(mngr, checkpointing.abstract(state))
-    except checkpointing.CheckpointError:
-      mngr.close()
-      raise
+    state, data_state, mngr = _restore_for_training(mngr, workdir, state, changes)
     it.set_state(data_state)
     logging.info("resumed from step %d", int(state.step))
-  if distributed.is_main():
-    checkpointing.save_config(workdir, config)
-
-  step_fn = jax.jit(make_multi_step(make_train_step(system.loss, tx)), donate_argnums=0)
-  writers = (_Writers(workdir, enabled=t.get("tensorboard", True)) if distributed.is_main()
-             else distributed.Silent())
-  k = t.steps_per_call
   start = int(state.step)
   end = t.steps if stop_after is None else min(t.steps, stop_after)
+  if distributed.is_main():
+    _start_files(workdir, config, changes, start, end)
+
+  step_fn = jax.jit(make_multi_step(make_train_step(system.loss, tx)), donate_argnums=0)
+  writers = (_Writers(workdir, enabled=t.get("tensorboard", True), start=start)
+             if distributed.is_main() else distributed.Silent())
+  k = t.steps_per_call
   bar = None
   if progress and distributed.is_main():
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
@@ -139,10 +191,12 @@ def train(config, workdir: str, *, progress: bool = True, evaluate_at_end: bool 
       batches = distributed.to_global(batches, mesh, axis=1)
       state, metrics = step_fn(state, batches)
       step += k
+      # Checked before any save below: a non-finite state never reaches the disk.
       if not bool(metrics["finite"]):
         raise TrainingDiverged(
-            f"non-finite loss or gradient between steps {step - k} and {step}; stopped. "
-            f"Last good checkpoint: step {mngr.latest_step()} in {mngr.directory}")
+            f"non-finite loss, gradient or parameter between steps {step - k} and {step}; "
+            f"stopped, nothing saved past step {mngr.latest_step()}. Last good checkpoint: "
+            f"step {mngr.latest_step()} in {mngr.directory}")
       if bool(metrics.get("stop", False)):
         raise TrainingStopped(
             f"stopped between steps {step - k} and {step}: {system.stop_reason}. "
@@ -159,15 +213,15 @@ def train(config, workdir: str, *, progress: bool = True, evaluate_at_end: bool 
         bar.update(k)
       if t.checkpoint_every and (step % t.checkpoint_every == 0 or step == t.steps):
         checkpointing.save(mngr, step, state, it.get_state())
+    # The final state, when the last step was not a checkpoint step (never after a raise).
+    if t.checkpoint_every and mngr.latest_step() != step:
+      checkpointing.save(mngr, step, state, it.get_state())
   finally:
     if bar is not None:
       bar.close()
     writers.close()
     mngr.wait_until_finished()
-  if t.checkpoint_every and mngr.latest_step() != step:
-    checkpointing.save(mngr, step, state, it.get_state())
-    mngr.wait_until_finished()
-  mngr.close()
+    mngr.close()
   train_time = time.time() - t0
   if not evaluate_at_end or step < t.steps:
     return {"state": state}
@@ -195,7 +249,23 @@ def evaluate(config, system, task, params) -> dict:
 
 
 def evaluate_workdir(workdir: str) -> dict:
-  """Restores the latest checkpoint of a workdir and writes its results.json."""
+  """Restores the newest intact checkpoint of a workdir and writes its results.json.
+
+  Under the same rules as training: the workdir is locked (refused while a run holds
+  it) and checked writable before the yardstick runs; non-finite parameters are refused."""
+  checkpointing.load_config(workdir)      # not a workdir at all: say so before locking
+  with wd_lib.claim_primary(workdir, create=False):
+    config, task, system, state = restore_workdir(workdir)
+    results = evaluate(config, system, task, state.params)
+    results["train_steps"] = int(state.step)
+    if distributed.is_main():
+      yardstick.write_results(workdir, results)
+    return results
+
+
+def restore_workdir(workdir: str):
+  """(config, task, system, state) of a workdir's newest intact checkpoint, for binaries that
+  serve a trained model (eval, live memory); non-finite parameters are refused (one line)."""
   config = checkpointing.load_config(workdir)
   validate(config)
   task, system, tx = build(config)
@@ -204,25 +274,12 @@ def evaluate_workdir(workdir: str) -> dict:
   mngr = checkpointing.manager(workdir, read_only=True)
   try:
     state, _ = checkpointing.restore(mngr, abstract)
+    where = f"{mngr.directory}/{int(state.step)}"
   finally:
     mngr.close()  # an open manager's event loop prints noise at exit after an error
-  results = evaluate(config, system, task, state.params)
-  results["train_steps"] = int(state.step)
-  if distributed.is_main():
-    yardstick.write_results(workdir, results)
-  return results
-
-
-def restore_workdir(workdir: str):
-  """(config, task, system, state) of a workdir's latest checkpoint, for binaries that serve a
-  trained model (eval, live memory)."""
-  config = checkpointing.load_config(workdir)
-  validate(config)
-  task, system, tx = build(config)
-  abstract = jax.eval_shape(lambda: init_state(config, system, tx))
-  mngr = checkpointing.manager(workdir, read_only=True)
-  try:
-    state, _ = checkpointing.restore(mngr, abstract)
-  finally:
-    mngr.close()
+  bad, total = checkpointing.params_finite(state.params)
+  if bad:
+    raise checkpointing.CheckpointError(
+        f"{where}: {bad:,} of {total:,} parameter values are not finite (NaN or inf); "
+        f"refusing to use them")
   return config, task, system, state
