@@ -52,7 +52,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if isinstance(m, str) and not m.startswith("tiny:") and m != "gemma3-270m":
     cfg.require(os.path.exists(m), "model", f"no such model folder or file: {m!r}")
   cfg.one_of(config, "dtype", ("float32", "bfloat16"))
-  cfg.one_of(config, "data.source", ("synthetic", "squad_v2"))
+  cfg.one_of(config, "data.source", ("synthetic", "natural", "squad_v2"))
   cfg.positive(config, "data.num_examples", "data.max_question_tokens", "data.max_answer_tokens",
                "data.max_context_tokens", "stm.num_slots", "train.steps", "train.batch_size",
                "train.lr", "decode.slack")
