@@ -22,7 +22,6 @@ from flax import nnx
 
 from memjax.core import losses
 from memjax.dcm import soft_prompt as sp
-from memjax.dcm import system
 from memjax.layers import Attention, CrossAttention, GatedMLP, RMSNorm
 from memjax.recurrence import denoise as dn
 
