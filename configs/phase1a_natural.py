@@ -28,7 +28,8 @@ def get_config(arg: str | None = None):
   c.data.max_answer_tokens = 12
   c.stm.num_slots = int(arg) if arg else 16
   c.train.steps = 30
-  c.train.batch_size = 32          # one batch: one compile, the vmapped batch is the fast path
+  c.train.batch_size = 8           # 4 batches, one compile; a batch of 32 peaked above 9.5 GB
+                                   # (262k-token logits) and was OOM-killed on the 24 GB machine
   c.num_restarts = 0               # a restart re-runs all 32 rows (masked): a second full round
   c.run_stage1 = False
   return c
