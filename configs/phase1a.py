@@ -11,6 +11,13 @@ Variants: configs/phase1a_squad.py (the users' SQuAD 2.0 setting), configs/phase
 
 Measured 2026-11-23, 2-core CPU (quiet): 98.6 s wall; convergence_rate 1.0 (4/4); answer EM
 from [A_mode|content] 1.0, content zeroed / shuffled 0.0 (chance 0.125). BUILD_NOTES.md has more.
+Re-measured 2026-12-02 on the shared parts (memjax.core yardstick / distributed / writer), 2-core
+CPU shared with three other jobs (load average ~11, this run got 27% of the CPU): 437 s wall
+(/usr/bin/time); convergence_rate 1.0 (4/4); answer EM 1.0; zeroed / shuffled / no memory 0.0
+(chance 0.125); oracle 1.0; question EM 0.25 (issue 18).
+The one change that lifts the question: --config.train.steps=30 (--config.run_stage1=False, which
+leaves stage 2 unchanged here) gives question EM 0.75 and Q-and-A-exact 0.75 with everything else
+the same (convergence 1.0, answer EM 1.0, zeroed / shuffled 0.0); 4 min 41 s on the shared CPU.
 Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms.
 """
 import ml_collections
@@ -20,7 +27,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = "gemma3-270m"          # a name, 'tiny:<arch>', or a model folder / GGUF path
   c.dtype = "float32"
-  c.seed = 0
   c.data = dict(
       source="synthetic",          # 'synthetic' (offline, templated facts) or 'squad_v2' (tfds)
       num_examples=4,
@@ -37,12 +43,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       mode_q_text="Question",      # mode embeddings: the mean embedding of these words (frozen)
       mode_a_text="Answer",
   )
-  c.steps = 20                     # optimizer steps per (re)start, one lax.scan
+  # the shared `train` names (memjax.core.config.train_defaults) where they mean the same thing
+  c.train = dict(
+      steps=20,                    # optimizer steps per (re)start, one lax.scan
+      batch_size=4,                # examples optimized together (vmapped); a multiple of
+                                   # train.data_parallel
+      lr=1.0,                      # Adam on the contents, one state per example (vmapped)
+      clip_norm=1.0,               # per content
+      warmup_steps=0,
+      seed=0,
+      data_parallel=1,             # devices on the mesh `data` axis (examples are split over it)
+  )
+  c.optim = dict(schedule="cosine", end_lr_fraction=0.1, eps=1e-8)
   c.num_restarts = 1               # extra rounds for the contents that have not converged
   c.run_stage1 = True              # stage 1 (Q alone, A alone) before stage 2 (joint)
-  c.batch_size = 4                 # examples optimized together (vmapped); a multiple of mesh.data
-  c.optim = dict(lr=1.0, clip_norm=1.0, schedule="cosine", warmup_steps=0, end_lr_fraction=0.1,
-                 eps=1e-8)       # Adam, one state per example (vmapped)
   # converged: loss < random_ratio x random-content CE OR < context_ratio x full-context CE, and
   # each of Q and A < part_ratio x its own baseline (part_baseline: its full-context CE, or its
   # stage-1 CE alone; baselines below part_floor count as part_floor)
@@ -62,7 +76,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                   answer_template=("Lena owns a dog. Omar lives in Lima.\nQuestion: What pet "
                                    "does Lena own?\nAnswer: dog\n\n{context}\nQuestion: "
                                    "{question}\nAnswer:"))
-  c.mesh = dict(data=1)            # devices on the `data` axis (examples are split over it)
   c.unroll = False                 # debug: unroll the step scan
   if arg:
     raise ValueError(f"configs/phase1a.py takes no argument, got {arg!r}")

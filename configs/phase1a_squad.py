@@ -24,8 +24,8 @@ def get_config(arg: str | None = None):
   c.data.max_answer_tokens = 24
   c.data.max_context_tokens = 512
   c.stm.num_slots = int(arg) if arg else 32
-  c.steps = 800
+  c.train.steps = 800
   c.num_restarts = 5
-  c.batch_size = 16
+  c.train.batch_size = 16
   c.optim.schedule = "constant"
   return c

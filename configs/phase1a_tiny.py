@@ -17,8 +17,8 @@ def get_config(arg: str | None = None):
   c.model = f"tiny:{arg or 'qwen2'}"
   c.data.num_examples = 4
   c.stm.num_slots = 4
-  c.steps = 8
+  c.train.steps = 8
   c.num_restarts = 1
-  c.batch_size = 4
+  c.train.batch_size = 4
   c.data.max_context_tokens = 64
   return c

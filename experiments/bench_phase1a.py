@@ -39,8 +39,8 @@ def main(argv):
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   config = mod.get_config()
-  config.model, config.steps, config.stm.num_slots = _MODEL.value, _STEPS.value, _SLOTS.value
-  config.batch_size = _BATCH.value
+  config.model, config.train.steps, config.stm.num_slots = _MODEL.value, _STEPS.value, _SLOTS.value
+  config.train.batch_size = _BATCH.value
   loaded = phase1a.load_generator(config.model, dtype=config.dtype)
   r = phase1a.Phase1a(loaded.model, loaded.tokenizer, config)
   b = _BATCH.value

@@ -4,7 +4,7 @@
   python experiments/phase1a.py --config=configs/phase1a.py --workdir=/tmp/p1a_qwen \
       --config.model=/path/to/Qwen2.5-0.5B-Instruct
 Multi-host: the same command on every host with --coordinator_address=host0:port
---num_processes=N --process_id=i (and --config.mesh.data = the global device count).
+--num_processes=N --process_id=i (and --config.train.data_parallel = the global device count).
 Writes <workdir>/results.json, examples/*.json, content.npz, curves.npz.
 """
 from absl import flags

@@ -9,9 +9,11 @@ For each batch of QA examples:
   stage 2     Q and A from one joint content;
               each stage: rounds of `steps` steps; after each round the unconverged contents are
               re-initialised with fresh keys (up to num_restarts times), same compiled function;
-  stage 3     greedy decoding (spot validation) from the stage-2 content, plus the memory-use
-              yardstick: answers from zeroed content, another example's content, the mode slot
-              alone, and the source text.
+  stage 3     greedy decoding (spot validation): Q from [Q_mode | content], A from [A_mode | content];
+  yardstick   memjax.core.yardstick.evaluate over the contents (memjax.dcm.system): answers with
+              the content, zeroed, shuffled (another example's), none ([A_mode] alone), and the
+              source text (oracle).
+`run` calls prepare -> optimise -> decode -> measure -> summarise -> write, in that order.
 Writes <workdir>/examples/<id>.json, content.npz, curves.npz and results.json.
 """
 from __future__ import annotations
@@ -26,14 +28,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
+from memjax import pretrained
 from memjax.core import config as cfg
 from memjax.core import distributed
-from memjax.data import qa
 from memjax.core import yardstick
+from memjax.data import qa
 from memjax.dcm import soft_prompt as sp
+from memjax.dcm import system
 
 GEMMA_NOTICE = ("Gemma is provided under and subject to the Gemma Terms of Use found at "
                 "ai.google.dev/gemma/terms")
@@ -50,12 +52,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if isinstance(m, str) and not m.startswith("tiny:") and m != "gemma3-270m":
     cfg.require(os.path.exists(m), "model", f"no such model folder or file: {m!r}")
   cfg.one_of(config, "dtype", ("float32", "bfloat16"))
-  cfg.one_of(config, "data.source", ("synthetic", "squad_v2"))
+  cfg.one_of(config, "data.source", ("synthetic", "natural", "squad_v2"))
   cfg.positive(config, "data.num_examples", "data.max_question_tokens", "data.max_answer_tokens",
-               "data.max_context_tokens", "stm.num_slots", "steps", "batch_size", "optim.lr",
-               "decode.slack")
-  cfg.non_negative(config, "num_restarts", "optim.clip_norm", "optim.warmup_steps",
-                   "loss.semantic_weight", "loss.scheduled_sampling", "seed", "data.seed")
+               "data.max_context_tokens", "stm.num_slots", "train.steps", "train.batch_size",
+               "train.lr", "decode.slack")
+  cfg.non_negative(config, "num_restarts", "train.clip_norm", "train.warmup_steps",
+                   "loss.semantic_weight", "loss.scheduled_sampling", "train.seed", "data.seed")
   cfg.one_of(config, "optim.schedule", ("constant", "cosine", "warmup_cosine"))
   cfg.require(cfg.get(config, "loss.semantic_weight") <= 1, "loss.semantic_weight",
               "must be in [0, 1]")
@@ -66,11 +68,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     cfg.positive(config, f)
   cfg.non_negative(config, "convergence.part_floor")
   cfg.one_of(config, "convergence.part_baseline", ("context", "stage1"))
-  data_par = cfg.get(config, "mesh.data")
-  cfg.require(isinstance(data_par, int) and data_par >= 1, "mesh.data",
+  data_par = cfg.get(config, "train.data_parallel")
+  cfg.require(isinstance(data_par, int) and data_par >= 1, "train.data_parallel",
               f"must be a positive int, got {data_par!r}")
-  cfg.require(cfg.get(config, "batch_size") % data_par == 0, "batch_size",
-              f"{cfg.get(config, 'batch_size')} is not a multiple of mesh.data={data_par}")
+  cfg.require(data_par <= jax.device_count(), "train.data_parallel",
+              f"{data_par} devices asked, {jax.device_count()} available")
+  cfg.require(cfg.get(config, "train.batch_size") % data_par == 0, "train.batch_size",
+              f"{cfg.get(config, 'train.batch_size')} is not a multiple of "
+              f"train.data_parallel={data_par}")
   for f, keys in (("oracle.question_template", ("context",)),
                   ("oracle.answer_template", ("context", "question"))):
     t = cfg.get(config, f)
@@ -95,7 +100,6 @@ class Loaded:
 
 def load_generator(name_or_path: str, *, dtype: str = "float32", seed: int = 0) -> Loaded:
   """'gemma3-270m', a Hugging Face folder / GGUF file, or 'tiny:<arch>' (random, for tests)."""
-  from memjax import pretrained
   if name_or_path.startswith("tiny:"):
     out = pretrained.make_tiny(name_or_path.split(":", 1)[1], seed)
   else:
@@ -169,37 +173,7 @@ def encode(examples: list[qa.QAExample], tokenizer, config) -> Encoded:
   return Encoded(targets, mask, np.asarray(lens, np.int32), oracle, oracle_len)
 
 
-def _decode_text(tokenizer, ids, eos: int | None, limit: int | None = None) -> str:
-  ids = [int(i) for i in ids]
-  if eos is not None and eos in ids:
-    ids = ids[:ids.index(eos)]
-  if limit is not None:
-    ids = ids[:limit]
-  return tokenizer.decode(ids).strip()
-
-
-# --- distribution ------------------------------------------------------------------------------
-
-def make_mesh(data: int) -> jax.sharding.Mesh:
-  if data > jax.device_count():
-    raise cfg.ConfigError(f"mesh.data: {data} devices asked, {jax.device_count()} available")
-  return distributed.make_mesh(data)
-
-
-def shard_batch(mesh, tree):
-  """Global numpy arrays -> jax arrays split over `data` on their leading axis (multi-host safe:
-  every process holds the same global arrays and keeps its own shards)."""
-  def put(x):
-    x = np.asarray(x)
-    spec = P("data") if x.ndim and x.shape[0] % mesh.shape["data"] == 0 else P()
-    sharding = NamedSharding(mesh, spec)
-    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-  return jax.tree.map(put, tree)
-
-
-def replicate(mesh, tree):
-  return jax.device_put(tree, NamedSharding(mesh, P()))
-
+# --- distribution (memjax.core.distributed) ----------------------------------------------------
 
 def to_host(x) -> np.ndarray:
   if jax.process_count() > 1:
@@ -211,39 +185,41 @@ def to_host(x) -> np.ndarray:
 # --- the compiled pieces -----------------------------------------------------------------------
 
 class Phase1a:
-  """The frozen Generator plus the four jitted functions phase 1a needs (each compiles once)."""
+  """The frozen Generator plus the jitted functions phase 1a needs (each compiles once)."""
 
   def __init__(self, model, tokenizer, config, mesh=None):
     self.config = config
     self.tokenizer = tokenizer
-    self.mesh = mesh or make_mesh(config.mesh.data)
+    self.mesh = mesh or distributed.make_mesh(config.train.data_parallel)
     self.eos = getattr(tokenizer, "eos_id", None)
     self.gen, params = sp.Generator.split(model, bos_id=_bos(tokenizer), eos_id=self.eos)
-    self.params = replicate(self.mesh, params)
+    self.params = distributed.replicate(params, self.mesh)
     self.dim = int(model.embed(jnp.zeros((1, 1), jnp.int32)).shape[-1])
     vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or tokenizer.vocab_size)
-    self.init_scale = sp.embedding_rms(model, vocab, seed=config.seed) * config.stm.init_scale
+    t = config.train
+    self.init_scale = sp.embedding_rms(model, vocab, seed=t.seed) * config.stm.init_scale
     bos = self.gen.bos_id
     bos_1xD = (model.embed(jnp.asarray([[bos]], jnp.int32))[0] if bos is not None
                else jnp.zeros((0, self.dim), jnp.float32))
-    modes = [model.embed(jnp.asarray([_encode(tokenizer, t)], jnp.int32))[0].mean(0)
-             for t in (config.stm.mode_q_text, config.stm.mode_a_text)]
-    self.parts = replicate(self.mesh, sp.PromptParts(bos_1xD.astype(jnp.float32),
-                                                     jnp.stack(modes).astype(jnp.float32)))
+    modes = [model.embed(jnp.asarray([_encode(tokenizer, m)], jnp.int32))[0].mean(0)
+             for m in (config.stm.mode_q_text, config.stm.mode_a_text)]
+    self.parts = distributed.replicate(sp.PromptParts(bos_1xD.astype(jnp.float32),
+                                                      jnp.stack(modes).astype(jnp.float32)),
+                                       self.mesh)
     o = config.optim
     self.optimizer = sp.ContentOptimizer.create(
-        steps=config.steps, lr=o.lr, clip_norm=o.clip_norm or None, schedule=o.schedule,
-        warmup_steps=o.warmup_steps, end_lr_fraction=o.end_lr_fraction, eps=o.get('eps', 1e-8),
+        steps=t.steps, lr=t.lr, clip_norm=t.clip_norm or None, schedule=o.schedule,
+        warmup_steps=t.warmup_steps, end_lr_fraction=o.end_lr_fraction, eps=o.get("eps", 1e-8),
         unroll=config.unroll)
     c = config.convergence
     self.rule = sp.ConvergenceRule(c.random_ratio, c.context_ratio, c.part_ratio, c.part_floor)
     l = config.loss
     self.options = sp.LossOptions(l.semantic_weight, l.semantic_topk, l.scheduled_sampling)
-    self.key = jax.random.key(config.seed)
-    self.traces = {"round": 0, "ce": 0, "decode": 0}
+    self.key = jax.random.key(t.seed)
+    self.traces = {"round": 0, "ce": 0, "generate": 0}
     self._round = jax.jit(self._round_impl)
     self._ce = jax.jit(self._ce_impl)
-    self._decode = jax.jit(self._decode_impl, static_argnames=("max_new_tokens",))
+    self._generate = jax.jit(self._generate_impl, static_argnames=("max_new_tokens",))
 
   # pure bodies -------------------------------------------------------------------------------
   def _round_impl(self, params, parts, state, batch, src_S, round_index, key):
@@ -262,10 +238,10 @@ class Phase1a:
                             flat(mask_BxSxT))[1]
     return ce.reshape(b, s)
 
-  def _decode_impl(self, params, prompts_NxPxD, plen_N, *, max_new_tokens):
-    self.traces["decode"] += 1
-    model = self.gen.merge(params)
-    return sp.greedy_decode(model, prompts_NxPxD, plen_N, max_new_tokens, self.eos)
+  def _generate_impl(self, params, prompts_NxPxD, *, max_new_tokens):
+    self.traces["generate"] += 1
+    return pretrained.greedy_generate(self.gen.merge(params), embeds_BxTxD=prompts_NxPxD,
+                                      max_new_tokens=max_new_tokens, eos_id=self.eos)
 
   # helpers -----------------------------------------------------------------------------------
   def stm_prompts(self, contents_BxKxD, src=(0, 0)):
@@ -284,19 +260,20 @@ class Phase1a:
     n, d = self.config.stm.num_slots, self.dim
     return jax.vmap(lambda kk: sp.init_content(kk, n, d, self.init_scale))(keys)
 
+  def shard(self, tree):
+    return distributed.shard_batch(jax.tree.map(np.asarray, tree), self.mesh)
+
   def ce(self, prompts, plen, targets, mask, pad_to: int | None = None):
     """Per-target CE; `pad_to` right-pads the prompt rows (one compiled shape for all prompts)."""
     b = prompts.shape[0]
     plen = jnp.broadcast_to(jnp.asarray(plen, jnp.int32), (b, prompts.shape[1]))
     if pad_to is not None and pad_to > prompts.shape[2]:
       prompts = jnp.pad(prompts, ((0, 0), (0, 0), (0, pad_to - prompts.shape[2]), (0, 0)))
-    args = shard_batch(self.mesh, (np.asarray(prompts), np.asarray(plen), np.asarray(targets),
-                                   np.asarray(mask)))
-    return to_host(self._ce(self.params, *args))
+    return to_host(self._ce(self.params, *self.shard((prompts, plen, targets, mask))))
 
-  def decode(self, prompts_NxPxD, plen_N, max_new_tokens):
-    args = shard_batch(self.mesh, (np.asarray(prompts_NxPxD), np.asarray(plen_N, np.int32)))
-    return to_host(self._decode(self.params, *args, max_new_tokens=max_new_tokens))
+  def generate(self, prompts_NxPxD, max_new_tokens):
+    return to_host(self._generate(self.params, self.shard(prompts_NxPxD),
+                                  max_new_tokens=max_new_tokens))
 
   def run_stage(self, stage: str, batch: dict, part_ce_BxS: np.ndarray, log=print):
     """Rounds of (re)starts for one stage; returns (state as numpy dict, curves, ce curves)."""
@@ -306,8 +283,8 @@ class Phase1a:
     if self.config.convergence.part_baseline == "context":
       part_ce_BxS = batch["context_ce"]
     batch = dict(batch, part_ce=np.asarray(part_ce_BxS, np.float32))
-    sharded = shard_batch(self.mesh, batch)
-    state = shard_batch(self.mesh, jax.tree.map(np.asarray, state))
+    sharded = self.shard(batch)
+    state = self.shard(state)
     used = np.asarray(sp.used_contents(src))
     curves, ce_curves = [], []
     skey = jax.random.fold_in(self.key, {"stage1": 1, "stage2": 2}[stage])
@@ -326,9 +303,10 @@ class Phase1a:
     return host, np.stack(curves), np.stack(ce_curves)
 
 
-# --- the experiment ----------------------------------------------------------------------------
+# --- the experiment, stage by stage ------------------------------------------------------------
 
 def _batches(n: int, size: int):
+  """(global indices, valid) per batch; the last batch is padded with example 0 (not valid)."""
   for start in range(0, n, size):
     idx = np.arange(start, start + size)
     valid = idx < n
@@ -351,14 +329,175 @@ def prepare(config) -> tuple[list[qa.QAExample], Loaded]:
   except ValueError as e:
     raise cfg.ConfigError(str(e) if str(e).startswith("data.") else f"data: {e}") from None
   try:
-    loaded = load_generator(config.model, dtype=config.dtype, seed=config.seed)
+    loaded = load_generator(config.model, dtype=config.dtype, seed=config.train.seed)
   except (ValueError, FileNotFoundError, KeyError) as e:
     raise cfg.ConfigError(f"model: {config.model!r}: {e}") from None
   return examples, loaded
 
 
+@dataclasses.dataclass
+class Found:
+  """What stages 1 and 2 found, over all N examples (padding rows dropped)."""
+  random_ce_NxS: np.ndarray        # baseline: CE after random content
+  context_ce_NxS: np.ndarray       # baseline: CE after the source text
+  stage1: dict | None              # StageState fields as numpy (contents N x C x K x D, ...)
+  stage2: dict
+  curves: dict                     # stage -> {"loss": [per batch], "ce": [per batch]}
+  seconds: dict
+
+  @property
+  def content_NxKxD(self) -> np.ndarray:
+    return self.stage2["contents_BxCxKxD"][:, 0]
+
+
+def baselines(runner: Phase1a, enc: Encoded, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """CE of Q and A after random content, and after the source text (the full-context one)."""
+  tg, mk = enc.targets_NxSxT[idx], enc.mask_NxSxT[idx]
+  p_stm = runner.parts.bos_1xD.shape[0] + 1 + runner.config.stm.num_slots
+  p_eval = max(enc.oracle_NxSxP.shape[-1], p_stm)
+  rnd = runner.ce(runner.stm_prompts(runner.random_contents(idx, 0)), p_stm, tg, mk,
+                  pad_to=p_eval)
+  ctx = runner.ce(runner.text_prompts(enc.oracle_NxSxP[idx]), enc.oracle_len_NxS[idx], tg, mk,
+                  pad_to=p_eval)
+  return rnd, ctx
+
+
+def optimise(runner: Phase1a, enc: Encoded, log=print) -> Found:
+  """Baselines, stage 1 (Q alone, A alone) and stage 2 (joint), batch by batch."""
+  config = runner.config
+  n = enc.targets_NxSxT.shape[0]
+  seconds = {"baselines": 0.0, "stage1": 0.0, "stage2": 0.0}
+  stages = ("stage1", "stage2") if config.run_stage1 else ("stage2",)
+  states = {s: [] for s in stages}
+  curves = {s: {"loss": [], "ce": []} for s in stages}
+  rnd_all, ctx_all = [], []
+  for idx, valid in _batches(n, config.train.batch_size):
+    t0 = time.time()
+    rnd, ctx = baselines(runner, enc, idx)
+    rnd_all.append(rnd)
+    ctx_all.append(ctx)
+    seconds["baselines"] += time.time() - t0
+    batch = dict(targets=enc.targets_NxSxT[idx], mask=enc.mask_NxSxT[idx],
+                 index=idx.astype(np.int32), valid=valid, random_ce=rnd.astype(np.float32),
+                 context_ce=ctx.astype(np.float32))
+    part = np.full((len(idx), 2), np.inf, np.float32)       # stage 1 has no part baseline
+    for stage in stages:
+      t0 = time.time()
+      st, curve, ce_curve = runner.run_stage(stage, batch, part, log=log)
+      seconds[stage] += time.time() - t0
+      states[stage].append(st)
+      curves[stage]["loss"].append(curve)
+      curves[stage]["ce"].append(ce_curve)
+      part = st["ce_BxS"]                                    # stage 2 is judged against it
+  valid_all = np.concatenate([v for _, v in _batches(n, config.train.batch_size)])
+  cat = lambda xs: np.concatenate(xs, axis=0)[valid_all]
+  gather = lambda sts: {k: cat([s[k] for s in sts]) for k in sts[0]}
+  return Found(cat(rnd_all), cat(ctx_all), gather(states["stage1"]) if config.run_stage1 else None,
+               gather(states["stage2"]), curves, seconds)
+
+
+def decode(runner: Phase1a, enc: Encoded, content_NxKxD: np.ndarray) -> dict:
+  """Stage 3, spot validation: greedy Q from [Q_mode | content], A from [A_mode | content]."""
+  config = runner.config
+  n = content_NxKxD.shape[0]
+  new_tokens = enc.targets_NxSxT.shape[-1] + config.decode.slack
+  out = {"question": [], "answer": []}
+  for idx, valid in _batches(n, config.train.batch_size):
+    p = runner.stm_prompts(jnp.asarray(content_NxKxD[idx]))               # B x S x P x D
+    toks = runner.generate(p.reshape((-1,) + p.shape[2:]), new_tokens).reshape(len(idx), 2, -1)
+    for j, i in enumerate(idx):
+      if not valid[j]:
+        continue
+      for s, name in enumerate(("question", "answer")):
+        lim = enc.target_len_NxS[i, s] if config.decode.truncate_to_target else None
+        out[name].append(system.decode_text(runner.tokenizer, toks[j, s], runner.eos, lim))
+  return out
+
+
+def reader(runner: Phase1a, enc: Encoded, examples: list[qa.QAExample]) -> system.Reader:
+  slack = runner.config.decode.slack
+  return system.Reader(runner.gen, runner.tokenizer, tuple(ex.answer for ex in examples),
+                       tuple(int(x) for x in enc.target_len_NxS[:, sp.ANSWER]),
+                       bool(runner.config.decode.truncate_to_target),
+                       enc.targets_NxSxT.shape[-1] + slack,
+                       int(enc.target_len_NxS[:, sp.ANSWER].max()) + slack)
+
+
+def measure(runner: Phase1a, enc: Encoded, examples: list[qa.QAExample],
+            content_NxKxD: np.ndarray, chance: float) -> dict:
+  """The shared memory-use yardstick over the optimised contents (memjax.core.yardstick):
+  memory, zeroed and shuffled (the memory protocol's), no memory ([A_mode] alone), oracle (the
+  source text). `loss` is the answer's CE, so delta_zero = answer CE zeroed / answer CE."""
+  a = sp.ANSWER
+  batches = [dict(content=content_NxKxD[idx], index=idx.astype(np.int32), valid=valid,
+                  answer=enc.targets_NxSxT[idx, a], answer_mask=enc.mask_NxSxT[idx, a],
+                  oracle=enc.oracle_NxSxP[idx, a], oracle_len=enc.oracle_len_NxS[idx, a])
+             for idx, valid in _batches(len(examples), runner.config.train.batch_size)]
+  params = {"generator": runner.params, "parts": runner.parts}
+  return yardstick.evaluate(system.make_system(reader(runner, enc, examples)), params,
+                            batches, chance)
+
+
+def summarise(config, loaded: Loaded, examples, found: Found, texts: dict, ys: dict,
+              seconds: dict) -> tuple[dict, dict]:
+  """results.json's figures, and the per-example scores the records need."""
+  q_em = [qa.exact_match(p, ex.question) for p, ex in zip(texts["question"], examples)]
+  a_em = [qa.exact_match(p, ex.answer) for p, ex in zip(texts["answer"], examples)]
+  f1 = [qa.token_f1(p, ex.answer) for p, ex in zip(texts["answer"], examples)]
+  rnd, ctx, st1, st2 = found.random_ce_NxS, found.context_ce_NxS, found.stage1, found.stage2
+  ce2 = st2["ce_BxS"]
+  joint2 = ce2.mean(-1)
+  conv = st2["converged_BxC"][:, 0]
+  both = np.asarray(q_em) & np.asarray(a_em)
+  results = {
+      "convergence_rate": float(conv.mean()),
+      "stage2_loss": _mean(joint2),
+      "stage2_ratio_random": _mean(joint2 / rnd.mean(-1)),
+      "stage2_ratio_context": _mean(joint2 / ctx.mean(-1)),
+      "stage2_question_ratio_random": _mean(ce2[:, 0] / rnd[:, 0]),
+      "stage2_answer_ratio_random": _mean(ce2[:, 1] / rnd[:, 1]),
+      "stage2_question_ratio_context": _mean(ce2[:, 0] / ctx[:, 0]),
+      "stage2_answer_ratio_context": _mean(ce2[:, 1] / ctx[:, 1]),
+      "stage2_mean_attempts": float(st2["attempts_BxC"][:, 0].mean()),
+      "random_loss": _mean(rnd.mean(-1)),
+      "context_loss": _mean(ctx.mean(-1)),
+  }
+  if st1 is not None:
+    ce1 = st1["ce_BxS"]
+    results.update({
+        "stage1_question_convergence_rate": float(st1["converged_BxC"][:, 0].mean()),
+        "stage1_answer_convergence_rate": float(st1["converged_BxC"][:, 1].mean()),
+        "stage1_question_ratio_random": _mean(ce1[:, 0] / rnd[:, 0]),
+        "stage1_answer_ratio_random": _mean(ce1[:, 1] / rnd[:, 1]),
+        "stage1_question_ratio_context": _mean(ce1[:, 0] / ctx[:, 0]),
+        "stage1_answer_ratio_context": _mean(ce1[:, 1] / ctx[:, 1]),
+        "stage2_question_ratio_stage1": _mean(ce2[:, 0] / ce1[:, 0]),
+        "stage2_answer_ratio_stage1": _mean(ce2[:, 1] / ce1[:, 1]),
+    })
+  results.update(ys)
+  results.update({
+      "question_exact_match": _mean(q_em),
+      "answer_exact_match": _mean(a_em),
+      # the design's output criterion: of the converged contents, both outputs exactly right
+      "converged_both_exact_match": _mean(both[conv]) if conv.any() else None,
+      "answer_f1": _mean(f1),
+      "num_examples": len(examples),
+      "num_slots": config.stm.num_slots,
+      "steps": config.train.steps,
+      "num_restarts": config.num_restarts,
+      "model": loaded.name,
+      "data": config.data.source,
+      "devices": jax.device_count(),
+      "seconds": seconds,
+  })
+  if "gemma" in str(loaded.name).lower():
+    results["notice"] = GEMMA_NOTICE
+  return results, {"question_em": q_em, "answer_em": a_em, "answer_f1": f1}
+
+
 def run(config, workdir: str, *, examples: list[qa.QAExample] | None = None,
         loaded: Loaded | None = None, log=print) -> dict:
+  """The whole experiment: load, optimise (stages 1-2), decode (stage 3), yardstick, write."""
   t_start = time.time()
   if examples is None or loaded is None:
     examples, loaded = prepare(config)
@@ -366,194 +505,61 @@ def run(config, workdir: str, *, examples: list[qa.QAExample] | None = None,
     validate(config)
   t_loaded = time.time()
   runner = Phase1a(loaded.model, loaded.tokenizer, config)
-  tok = loaded.tokenizer
-  enc = encode(examples, tok, config)
-  n, b = len(examples), config.batch_size
-  k, d = config.stm.num_slots, runner.dim
-  log(f"phase 1a: {n} examples, K={k}, d={d}, {config.steps} steps x {config.num_restarts + 1} "
-      f"rounds, model {loaded.name}, {jax.device_count()} devices")
-
-  per_stage = {s: {"state": [], "curve": [], "ce_curve": []} for s in ("stage1", "stage2")}
-  records, random_ce, context_ce, delta_zero_ce = [], [], [], []
-  decoded = {m: [] for m in ("question", "answer", "zeroed", "shuffled", "no_memory", "oracle")}
-  contents2 = []
-  timings = {"stage1": 0.0, "stage2": 0.0, "baselines": 0.0, "stage3": 0.0}
-  slack = config.decode.slack
-  p_stm = (2 if runner.gen.bos_id is not None else 1) + k                 # [BOS] mode content
-  t_max = enc.targets_NxSxT.shape[-1]
-  m_new = t_max + slack
-  for idx, valid in _batches(n, b):
-    t0 = time.time()
-    tg, mk = enc.targets_NxSxT[idx], enc.mask_NxSxT[idx]
-    p_eval = max(enc.oracle_NxSxP.shape[-1], p_stm)
-    rnd = runner.ce(runner.stm_prompts(runner.random_contents(idx, 0)), p_stm, tg, mk,
-                    pad_to=p_eval)
-    oracle_prompts = runner.text_prompts(enc.oracle_NxSxP[idx])
-    ctx = runner.ce(oracle_prompts, enc.oracle_len_NxS[idx], tg, mk, pad_to=p_eval)
-    random_ce.append(rnd)
-    context_ce.append(ctx)
-    timings["baselines"] += time.time() - t0
-    batch = dict(targets=tg, mask=mk, index=idx.astype(np.int32), valid=valid,
-                 random_ce=rnd.astype(np.float32), context_ce=ctx.astype(np.float32))
-    part = np.full((len(idx), 2), np.inf, np.float32)
-    for stage in ("stage1", "stage2"):
-      if stage == "stage1" and not config.run_stage1:
-        continue
-      t0 = time.time()
-      st, curve, ce_curve = runner.run_stage(stage, batch, part, log=log)
-      timings[stage] += time.time() - t0
-      per_stage[stage]["state"].append(st)
-      per_stage[stage]["curve"].append(curve)
-      per_stage[stage]["ce_curve"].append(ce_curve)
-      if stage == "stage1":
-        part = st["ce_BxS"]
-    contents2.append(per_stage["stage2"]["state"][-1]["contents_BxCxKxD"][:, 0])
-
-  # gather over batches (valid rows only)
-  valid_all = np.concatenate([v for _, v in _batches(n, b)])
-  cat = lambda xs: np.concatenate(xs, axis=0)[valid_all]
-  random_ce, context_ce = cat(random_ce), cat(context_ce)
-  st2 = {key: cat([s[key] for s in per_stage["stage2"]["state"]])
-         for key in per_stage["stage2"]["state"][0]}
-  st1 = ({key: cat([s[key] for s in per_stage["stage1"]["state"]])
-          for key in per_stage["stage1"]["state"][0]} if config.run_stage1 else None)
-  contents2 = cat(contents2)
-  # the "shuffled" memory: example i reads the content of example i + 1 (of the whole set)
-  shuffled2 = np.roll(contents2, -1, axis=0)
-
-  # stage 3: greedy decoding from the joint content and the yardstick variants
+  enc = encode(examples, loaded.tokenizer, config)
+  log(f"phase 1a: {len(examples)} examples, K={config.stm.num_slots}, d={runner.dim}, "
+      f"{config.train.steps} steps x {config.num_restarts + 1} rounds, model {loaded.name}, "
+      f"{jax.device_count()} devices")
+  found = optimise(runner, enc, log)
   t0 = time.time()
-  plen_nomem = 2 if runner.gen.bos_id is not None else 1                   # [BOS] A_mode
-  for idx, valid in _batches(n, b):
-    tg, mk = enc.targets_NxSxT[idx], enc.mask_NxSxT[idx]
-    c2 = jnp.asarray(contents2[idx])
-    mem = runner.stm_prompts(c2)                                           # B x S x P x D
-    zero = runner.stm_prompts(jnp.zeros_like(c2))
-    shuf = runner.stm_prompts(jnp.asarray(shuffled2[idx]))
-    rows = jnp.concatenate([mem[:, 0], mem[:, 1], zero[:, 1], shuf[:, 1], mem[:, 1]], axis=0)
-    plens = np.concatenate([np.full(4 * len(idx), p_stm), np.full(len(idx), plen_nomem)])
-    toks = runner.decode(rows, plens, m_new).reshape(5, len(idx), m_new)
-    oracle_prompts = runner.text_prompts(enc.oracle_NxSxP[idx][:, 1:])[:, 0]
-    oracle_a = runner.decode(oracle_prompts, enc.oracle_len_NxS[idx][:, 1],
-                             int(enc.target_len_NxS[:, 1].max()) + slack)
-    # delta_zero: joint CE with the content zeroed over CE with the content
-    delta_zero_ce.append(runner.ce(zero, p_stm, tg, mk, pad_to=p_eval))
-    for j, i in enumerate(idx):
-      if not valid[j]:
-        continue
-      lim = enc.target_len_NxS[i] if config.decode.truncate_to_target else (None, None)
-      decoded["question"].append(_decode_text(tok, toks[0, j], runner.eos, lim[0]))
-      for name, row in (("answer", 1), ("zeroed", 2), ("shuffled", 3), ("no_memory", 4)):
-        decoded[name].append(_decode_text(tok, toks[row, j], runner.eos, lim[1]))
-      decoded["oracle"].append(_decode_text(tok, oracle_a[j], runner.eos, lim[1]).split("\n")[0])
-  timings["stage3"] += time.time() - t0
-  zero_ce = cat(delta_zero_ce)
-
-  def em(preds, which):
-    return [qa.exact_match(p, getattr(ex, which)) for p, ex in zip(preds, examples)]
-  acc = {m: em(decoded[m], "answer") for m in ("answer", "zeroed", "shuffled", "no_memory",
-                                               "oracle")}
-  q_em = em(decoded["question"], "question")
-  f1 = [qa.token_f1(p, ex.answer) for p, ex in zip(decoded["answer"], examples)]
-
-  ce2 = st2["ce_BxS"]
-  joint2 = ce2.mean(-1)
-  results = {
-      "convergence_rate": float(st2["converged_BxC"][:, 0].mean()),
-      "stage2_loss": _mean(joint2),
-      "stage2_ratio_random": _mean(joint2 / random_ce.mean(-1)),
-      "stage2_ratio_context": _mean(joint2 / context_ce.mean(-1)),
-      "stage2_question_ratio_random": _mean(ce2[:, 0] / random_ce[:, 0]),
-      "stage2_answer_ratio_random": _mean(ce2[:, 1] / random_ce[:, 1]),
-      "stage2_question_ratio_context": _mean(ce2[:, 0] / context_ce[:, 0]),
-      "stage2_answer_ratio_context": _mean(ce2[:, 1] / context_ce[:, 1]),
-      "stage2_mean_attempts": float(st2["attempts_BxC"][:, 0].mean()),
-      "random_loss": _mean(random_ce.mean(-1)),
-      "context_loss": _mean(context_ce.mean(-1)),
-  }
-  if st1 is not None:
-    ce1 = st1["ce_BxS"]
-    results.update({
-        "stage1_question_convergence_rate": float(st1["converged_BxC"][:, 0].mean()),
-        "stage1_answer_convergence_rate": float(st1["converged_BxC"][:, 1].mean()),
-        "stage1_question_ratio_random": _mean(ce1[:, 0] / random_ce[:, 0]),
-        "stage1_answer_ratio_random": _mean(ce1[:, 1] / random_ce[:, 1]),
-        "stage1_question_ratio_context": _mean(ce1[:, 0] / context_ce[:, 0]),
-        "stage1_answer_ratio_context": _mean(ce1[:, 1] / context_ce[:, 1]),
-        "stage2_question_ratio_stage1": _mean(ce2[:, 0] / ce1[:, 0]),
-        "stage2_answer_ratio_stage1": _mean(ce2[:, 1] / ce1[:, 1]),
-    })
-  results.update({
-      "accuracy": _mean(acc["answer"]),
-      "accuracy_memory_zeroed": _mean(acc["zeroed"]),
-      "accuracy_memory_shuffled": _mean(acc["shuffled"]) if n > 1 else None,
-      "accuracy_no_memory": _mean(acc["no_memory"]),
-      "accuracy_oracle": _mean(acc["oracle"]),
-      "chance": qa.chance(config.data.source),
-      "delta_zero": _mean(zero_ce.mean(-1) / joint2),
-      "memory_cosine": float(sp.memory_cosine(jnp.asarray(contents2))) if n > 1 else None,
-      "question_exact_match": _mean(q_em),
-      "answer_f1": _mean(f1),
-      "num_examples": n,
-      "num_slots": k,
-      "steps": config.steps,
-      "num_restarts": config.num_restarts,
-      "model": loaded.name,
-      "data": config.data.source,
-      "devices": jax.device_count(),
-      "seconds": {"load": t_loaded - t_start, **timings, "total": time.time() - t_start},
-      "compiles": dict(runner.traces),
-  })
-  if "gemma" in str(loaded.name).lower():
-    results["notice"] = GEMMA_NOTICE
-
+  texts = decode(runner, enc, found.content_NxKxD)
+  t1 = time.time()
+  ys = measure(runner, enc, examples, found.content_NxKxD, qa.chance(config.data.source))
+  seconds = {"load": t_loaded - t_start, **found.seconds, "stage3": t1 - t0,
+             "yardstick": time.time() - t1, "total": time.time() - t_start}
+  results, scores = summarise(config, loaded, examples, found, texts, ys, seconds)
+  results["compiles"] = dict(runner.traces)
   if jax.process_index() == 0:
-    _write(workdir, config, examples, enc, results, random_ce, context_ce, zero_ce, st1, st2,
-           per_stage, decoded, acc, q_em, f1, contents2, runner, valid_all)
+    write(workdir, config, examples, enc, results, found, texts, scores, runner)
   return results
 
 
-def _write(workdir, config, examples, enc, results, random_ce, context_ce, zero_ce, st1, st2,
-           per_stage, decoded, acc, q_em, f1, contents2, runner, valid_all):
+def write(workdir, config, examples, enc, results, found: Found, texts, scores, runner) -> None:
+  """examples/<id>.json, content.npz, curves.npz, then results.json (the shared writer)."""
   os.makedirs(os.path.join(workdir, "examples"), exist_ok=True)
   lst = lambda x: [float(v) for v in np.asarray(x).ravel()]
+  st1, st2 = found.stage1, found.stage2
   for i, ex in enumerate(examples):
     rec = {
         "id": ex.id, "context": ex.context, "question": ex.question, "answer": ex.answer,
-        "random_ce": lst(random_ce[i]), "context_ce": lst(context_ce[i]),
+        "random_ce": lst(found.random_ce_NxS[i]), "context_ce": lst(found.context_ce_NxS[i]),
         "stage2": {"ce": lst(st2["ce_BxS"][i]), "converged": bool(st2["converged_BxC"][i, 0]),
-                   "attempts": int(st2["attempts_BxC"][i, 0]),
-                   "ce_zeroed": lst(zero_ce[i])},
-        "stage3": {"question": decoded["question"][i], "question_em": bool(q_em[i]),
-                   "answer": decoded["answer"][i], "answer_em": bool(acc["answer"][i]),
-                   "answer_f1": float(f1[i]),
-                   **{f"answer_{m}": decoded[m][i] for m in ("zeroed", "shuffled", "no_memory",
-                                                             "oracle")},
-                   **{f"answer_{m}_em": bool(acc[m][i]) for m in ("zeroed", "shuffled",
-                                                                  "no_memory", "oracle")}},
+                   "attempts": int(st2["attempts_BxC"][i, 0])},
+        "stage3": {"question": texts["question"][i], "question_em": bool(scores["question_em"][i]),
+                   "answer": texts["answer"][i], "answer_em": bool(scores["answer_em"][i]),
+                   "answer_f1": float(scores["answer_f1"][i])},
     }
     if st1 is not None:
-      rec["stage1"] = {"ce": lst(st1["ce_BxS"][i]), "converged": [bool(v) for v in
-                                                                 st1["converged_BxC"][i]],
+      rec["stage1"] = {"ce": lst(st1["ce_BxS"][i]),
+                       "converged": [bool(v) for v in st1["converged_BxC"][i]],
                        "attempts": [int(v) for v in st1["attempts_BxC"][i]]}
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ex.id)
     with open(os.path.join(workdir, "examples", f"{safe}.json"), "w") as f:
       json.dump(rec, f, indent=1)
-  arrays = {"stage2_content_NxKxD": contents2, "modes_SxD": np.asarray(runner.parts.modes_SxD),
-            "targets_NxSxT": enc.targets_NxSxT, "ids": np.asarray([e.id for e in examples])}
+  arrays = {"stage2_content_NxKxD": found.content_NxKxD,
+            "modes_SxD": np.asarray(runner.parts.modes_SxD), "targets_NxSxT": enc.targets_NxSxT,
+            "ids": np.asarray([e.id for e in examples])}
   if st1 is not None:
     arrays["stage1_content_NxCxKxD"] = st1["contents_BxCxKxD"]
   np.savez(os.path.join(workdir, "content.npz"), **arrays)
+  valid_all = np.concatenate([v for _, v in _batches(len(examples), config.train.batch_size)])
   curves = {}
-  for stage, v in per_stage.items():
-    if not v["curve"]:
-      continue
-    # rounds x steps x B x C per batch; batches may stop after different numbers of rounds
-    r = max(c.shape[0] for c in v["curve"])
-    pad = lambda c: np.concatenate([c, np.full((r - c.shape[0],) + c.shape[1:], np.nan,
-                                               c.dtype)], 0)
-    curves[f"{stage}_loss"] = np.concatenate([pad(c) for c in v["curve"]], axis=2)[:, :, valid_all]
-    curves[f"{stage}_ce"] = np.concatenate([pad(c) for c in v["ce_curve"]],
-                                           axis=2)[:, :, valid_all]
+  for stage, v in found.curves.items():
+    for name, per_batch in (("loss", v["loss"]), ("ce", v["ce"])):
+      # rounds x steps x B x C per batch; batches may stop after different numbers of rounds
+      r = max(c.shape[0] for c in per_batch)
+      pad = lambda c: np.concatenate([c, np.full((r - c.shape[0],) + c.shape[1:], np.nan,
+                                                 c.dtype)], 0)
+      curves[f"{stage}_{name}"] = np.concatenate([pad(c) for c in per_batch],
+                                                 axis=2)[:, :, valid_all]
   np.savez(os.path.join(workdir, "curves.npz"), **curves)
   yardstick.write_results(workdir, dict(results, config=json.loads(config.to_json_best_effort())))

@@ -44,6 +44,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from memjax.core import losses
+
 QUESTION, ANSWER = 0, 1          # target sequence index s
 NUM_TARGETS = 2
 NUM_CONTENTS = 2                 # content buffers per example (stage 1 uses both)
@@ -53,25 +55,7 @@ STAGE_SOURCES = {
 }
 
 
-# --- the memory --------------------------------------------------------------------------------
-
-@flax.struct.dataclass
-class STM:
-  """Short-term memory: per-example content slots and the two shared mode embeddings."""
-  content_BxKxD: jax.Array
-  mode_q_D: jax.Array
-  mode_a_D: jax.Array
-
-  @property
-  def modes_SxD(self) -> jax.Array:
-    return jnp.stack([self.mode_q_D, self.mode_a_D])
-
-  def prompt(self, mode: int) -> jax.Array:
-    """[mode | content]: B x (1 + K) x D."""
-    m = self.modes_SxD[mode]
-    b, _, d = self.content_BxKxD.shape
-    return jnp.concatenate([jnp.broadcast_to(m, (b, 1, d)), self.content_BxKxD], axis=1)
-
+# --- contents ----------------------------------------------------------------------------------
 
 def init_content(key: jax.Array, num_slots: int, dim: int, scale: float | jax.Array) -> jax.Array:
   """Random content: normal with the Generator's embedding RMS as its scale."""
@@ -175,10 +159,8 @@ def sequence_losses(model, prompt_NxPxD: jax.Array, prompt_len_N: jax.Array,
     teacher = jnp.where(swap, pred, teacher)
   h = _target_hidden(model, prompt_NxPxD, prompt_len_N, model.embed(teacher), t)
   logits = model.logits(h).astype(jnp.float32)                         # N x T x V
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(logp, targets_NxT[..., None], axis=-1)[..., 0]
+  ce_N = jax.vmap(losses.masked_mean)(losses.token_nll(logits, targets_NxT), mask)
   count = jnp.maximum(mask.sum(-1), 1.0)
-  ce_N = (nll * mask).sum(-1) / count
   loss_N = ce_N
   if options.semantic_weight > 0:
     top_logits, top_ids = jax.lax.top_k(logits, options.semantic_topk)
@@ -407,40 +389,3 @@ def optimize_round(model, parts: PromptParts, optimizer: ContentOptimizer, rule:
   converged = jnp.where(used[None, :], converged, False)
   new = StageState(contents, ce_best, converged, state.attempts_BxC + restart.astype(jnp.int32))
   return new, curve, ce_curve, restart
-
-
-# --- greedy decoding from soft prompts ---------------------------------------------------------
-
-def greedy_decode(model, prompt_NxPxD: jax.Array, prompt_len_N: jax.Array, max_new_tokens: int,
-                  eos_id: int | None = None, pad_id: int = 0) -> jax.Array:
-  """Greedy continuation of soft prompts of per-sequence length; N x max_new_tokens token ids.
-
-  No KV cache: each step re-reads the whole fixed-size buffer (prompts here are a few dozen
-  rows), so every prompt length shares one compiled function. After EOS a sequence emits pad_id.
-  """
-  n, p, d = prompt_NxPxD.shape
-  buf = jnp.concatenate([prompt_NxPxD, jnp.zeros((n, max_new_tokens, d), prompt_NxPxD.dtype)], 1)
-
-  def body(carry, i):
-    buf, done = carry
-    hidden, _ = model(embeds_BxTxD=buf)
-    h = _gather_rows(hidden, prompt_len_N - 1 + i, 1)
-    tok = jnp.argmax(model.logits(h)[:, 0], axis=-1).astype(jnp.int32)
-    tok = jnp.where(done, pad_id, tok)
-    if eos_id is not None:
-      done = done | (tok == eos_id)
-    e = model.embed(tok[:, None]).astype(buf.dtype)
-    buf = jax.vmap(lambda b, x, at: jax.lax.dynamic_update_slice_in_dim(b, x, at, axis=0))(
-        buf, e, prompt_len_N + i)
-    return (buf, done), tok
-
-  (_, _), toks = jax.lax.scan(body, (buf, jnp.zeros((n,), bool)), jnp.arange(max_new_tokens))
-  return toks.T
-
-
-def memory_cosine(contents_BxKxD: jax.Array) -> jax.Array:
-  """The yardstick's memory_cosine over contents; NaN for a single example (no pairs)."""
-  from memjax.core import yardstick  # pylint: disable=g-import-not-at-top
-  if contents_BxKxD.shape[0] < 2:
-    return jnp.float32(jnp.nan)
-  return yardstick.memory_cosine(contents_BxKxD)

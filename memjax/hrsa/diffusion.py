@@ -25,9 +25,7 @@ from flax import nnx
 from memjax.layers import CrossAttention, GatedMLP, RMSNorm, rms_norm
 from memjax.layers.attention import NEG_INF
 from memjax.recurrence import trm
-
-SCHEDULES = ("cosine", "linear")
-
+from memjax.recurrence.denoise import SCHEDULES, noise_schedule, sigma_embedding  # noqa: F401
 
 @flax.struct.dataclass
 class DiffusionMemory:
@@ -47,26 +45,6 @@ def check_cascade(slots: Sequence[int]) -> None:
     if b < a or b % a:
       raise ValueError(f"slots {slots} do not form a cascade: each level must be a whole "
                        f"multiple of the one above ({b} is not a multiple of {a})")
-
-
-def noise_schedule(steps: int, sigma_max: float = 1.0, kind: str = "cosine") -> jax.Array:
-  """sigmas[0..T]: sigma_max at t=0 falling to exactly 0 at t=T."""
-  if kind not in SCHEDULES:
-    raise ValueError(f"schedule must be one of {SCHEDULES}, got {kind!r}")
-  if steps < 1:
-    raise ValueError(f"denoise steps must be >= 1, got {steps}")
-  u = jnp.arange(steps + 1, dtype=jnp.float32) / steps
-  if kind == "linear":
-    return sigma_max * (1.0 - u)
-  return sigma_max * jnp.cos(0.5 * math.pi * u)
-
-
-def sigma_embedding(sigma: jax.Array, dim: int) -> jax.Array:
-  """Sinusoidal features of log sigma, length `dim`."""
-  half = dim // 2
-  freqs = jnp.exp(-math.log(1000.0) * jnp.arange(half, dtype=jnp.float32) / max(half, 1))
-  a = jnp.log(sigma + 1e-3) * freqs * 10.0
-  return jnp.concatenate([jnp.sin(a), jnp.cos(a)], axis=-1)
 
 
 def regions(x_BxNx_, slots: int, fill=0):

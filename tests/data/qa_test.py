@@ -39,3 +39,16 @@ def test_unknown_source():
     qa.load("nope", 3)
   with pytest.raises(ValueError, match="n must be"):
     qa.synthetic_qa(0)
+
+
+def test_natural_set_is_question_answering():
+  from memjax.data import qa as qa_lib
+  ex = qa_lib.natural_qa(48)
+  assert len(ex) == 48 and len({e.question for e in ex}) == 48
+  for e in ex:
+    assert qa_lib.normalize_answer(e.answer) in qa_lib.normalize_answer(e.context), e.id
+    assert 1 <= len(e.answer.split()) <= 4 and e.question.endswith("?")
+    assert e.context.count(".") >= 2                      # a few sentences, not one fact
+  assert [e.id for e in qa_lib.natural_qa(5, seed=3)] == [e.id for e in qa_lib.natural_qa(5, seed=3)]
+  assert [e.id for e in qa_lib.natural_qa(5, seed=3)] != [e.id for e in qa_lib.natural_qa(5)]
+  assert qa_lib.chance("natural") == 0.0

@@ -26,7 +26,7 @@ def tiny_config():
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   c = mod.get_config()
-  c.steps, c.stm.num_slots, c.num_restarts = 3, 2, 1
+  c.train.steps, c.stm.num_slots, c.num_restarts = 3, 2, 1
   return c
 
 
@@ -52,6 +52,7 @@ def test_results_json_and_files(run_dir):
             "stage1_answer_convergence_rate", "stage1_question_ratio_random",
             "stage1_answer_ratio_context", "stage2_ratio_random", "stage2_ratio_context",
             "stage2_question_ratio_stage1", "stage2_answer_ratio_stage1", "question_exact_match",
+            "answer_exact_match", "converged_both_exact_match",
             *YARDSTICK_KEYS):
     assert k in saved, k
   assert 0.0 <= saved["convergence_rate"] <= 1.0
@@ -103,7 +104,8 @@ def test_validate_names_the_field():
   phase1a.validate(c)
   for field, value, msg in (("stm.num_slots", 0, "stm.num_slots: must be positive"),
                             ("optim.schedule", "linear", "optim.schedule: unknown value"),
-                            ("batch_size", 6, "batch_size: 6 is not a multiple"),
+                            ("train.batch_size", 6, "train.batch_size: 6 is not a multiple"),
+                            ("train.data_parallel", 64, "train.data_parallel: 64 devices asked"),
                             ("oracle.answer_template", "{context} {answer}", "oracle.answer"),
                             ("model", "/no/such/folder", "model: no such")):
     bad = tiny_config()
@@ -112,8 +114,8 @@ def test_validate_names_the_field():
     for p in path:
       node = node[p]
     node[last] = value
-    if field == "batch_size":
-      bad.mesh.data = 4
+    if field == "train.batch_size":
+      bad.train.data_parallel = 4
     with pytest.raises(cfg.ConfigError, match="^" + msg.replace("{", r"\{").replace("}", r"\}")):
       phase1a.validate(bad)
 

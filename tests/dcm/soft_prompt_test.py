@@ -37,7 +37,7 @@ def phase1a_config():
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   c = mod.get_config()
-  c.steps = 3
+  c.train.steps = 3
   c.stm.num_slots = 2
   return c
 
@@ -45,7 +45,7 @@ def phase1a_config():
 @functools.lru_cache(maxsize=None)
 def runner(data: int = 1, eps: float = 1e-8):
   t = tiny()
-  return phase1a.Phase1a(t.model, t.tokenizer, tiny_config(**{"mesh.data": data, "optim.eps": eps}))
+  return phase1a.Phase1a(t.model, t.tokenizer, tiny_config(**{"train.data_parallel": data, "optim.eps": eps}))
 
 
 def batch_for(r, n=4):
@@ -187,13 +187,12 @@ def test_restarts_reinit_only_unconverged_and_do_not_recompile():
   batch, _ = batch_for(r)
   b, c, k, d = 4, 2, r.config.stm.num_slots, r.dim
   # sharded like run_stage does it, so the compiled round is shared with the sharding test
-  batch = phase1a.shard_batch(r.mesh, dict(batch, part_ce=np.full((b, 2), np.inf, np.float32)))
+  batch = r.shard(dict(batch, part_ce=np.full((b, 2), np.inf, np.float32)))
   src = jnp.asarray(sp.STAGE_SOURCES["stage1"])
   prev = jax.random.normal(jax.random.key(5), (b, c, k, d))
   converged = jnp.asarray([[True, True], [False, True], [True, False], [False, False]])
   ce = jnp.where(converged, 0.5, jnp.inf)   # stage 1: target s is read by content s
-  state = phase1a.shard_batch(r.mesh, sp.StageState(prev, ce, converged,
-                                                    jnp.ones((b, c), jnp.int32)))
+  state = r.shard(sp.StageState(prev, ce, converged, jnp.ones((b, c), jnp.int32)))
   key = jax.random.key(0)
   before = r.traces["round"]
   new, curve, _, restarted = r._round(r.params, r.parts, state, batch, src, jnp.int32(1), key)
@@ -206,7 +205,7 @@ def test_restarts_reinit_only_unconverged_and_do_not_recompile():
   assert np.all(moved[~conv] > 0)
   np.testing.assert_array_equal(np.asarray(new.ce_BxS)[conv], 0.5)
   # a second and third round (new round index -> fresh keys) reuse the compiled function
-  state2 = phase1a.shard_batch(r.mesh, sp.StageState(
+  state2 = r.shard(sp.StageState(
       prev, jnp.full((b, 2), jnp.inf), jnp.zeros((b, c), bool), jnp.zeros((b, c), jnp.int32)))
   a, *_ = r._round(r.params, r.parts, state2, batch, src, jnp.int32(2), key)
   a2, *_ = r._round(r.params, r.parts, state2, batch, src, jnp.int32(2), key)
@@ -237,34 +236,5 @@ def test_sharded_batch_equals_unsharded():
   for k in s1:
     np.testing.assert_allclose(s1[k], s4[k], **TOL)
   np.testing.assert_allclose(c1, c4, **TOL)
-  sharded = phase1a.shard_batch(four.mesh, batch)
+  sharded = four.shard(batch)
   assert len(sharded["targets"].sharding.device_set) == 4
-
-
-# --- decoding -----------------------------------------------------------------------------------
-
-@pytest.mark.slow   # test_greedy_decode_with_per_row_prompt_lengths covers qwen2 by default
-@pytest.mark.parametrize("arch", ["qwen2", "gemma3"])
-def test_greedy_decode_equals_cached_greedy_generate(arch):
-  model = tiny(arch).model
-  ids = jax.random.randint(jax.random.key(0), (3, 6), 4, 300)
-  want = pretrained.greedy_generate(model, tokens_BxT=ids, max_new_tokens=7)
-  got = jax.jit(lambda e: sp.greedy_decode(model, e, jnp.full((3,), 6), 7))(model.embed(ids))
-  np.testing.assert_array_equal(got, want)
-
-
-def test_greedy_decode_with_per_row_prompt_lengths():
-  model = tiny().model
-  ids = jax.random.randint(jax.random.key(1), (3, 8), 4, 300)
-  plen = jnp.asarray([8, 3, 8])
-  got = jax.jit(lambda e: sp.greedy_decode(model, e, plen, 4))(model.embed(ids))
-  for n in range(3):
-    want = pretrained.greedy_generate(model, tokens_BxT=ids[n:n + 1, :int(plen[n])],
-                                      max_new_tokens=4)
-    np.testing.assert_array_equal(got[n], want[0])
-
-
-def test_memory_cosine():
-  x = jnp.asarray([[[1.0, 0.0]], [[1.0, 0.0]], [[0.0, 1.0]]])
-  np.testing.assert_allclose(sp.memory_cosine(x), (1 + 0 + 0) / 3, atol=1e-6)
-  assert float(sp.memory_cosine(jnp.ones((4, 3, 2)))) == pytest.approx(1.0)

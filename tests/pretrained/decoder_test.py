@@ -137,6 +137,19 @@ def _log_probs_three_ways(model, ids_BxT):
   return want, [pretrained.token_log_probs(model, h, targets, chunk=c) for c in (None, 4)]
 
 
+def test_greedy_generate_ragged_prompts_equal_each_row_alone(tiny):
+  """Right-padded prompts of per-row lengths (no cache) == each row's cached decode alone."""
+  model = tiny.model
+  ids = jax.random.randint(jax.random.key(1), (3, 8), 4, 300)
+  plen = jnp.asarray([8, 3, 5])
+  junk = jnp.where(jnp.arange(8)[None] < plen[:, None], ids, 7)   # what sits past a prompt
+  got = pretrained.greedy_generate(model, tokens_BxT=junk, max_new_tokens=4, prompt_len_B=plen)
+  for n in range(3):
+    want = pretrained.greedy_generate(model, tokens_BxT=ids[n:n + 1, :int(plen[n])],
+                                      max_new_tokens=4)
+    np.testing.assert_array_equal(got[n], want[0])
+
+
 def test_token_log_probs_chunked_equals_full(tiny_gemma):
   tiny = tiny_gemma
   want, got = _log_probs_three_ways(tiny.model, _ids(tiny.tokenizer))
