@@ -13,6 +13,8 @@ _spec.loader.exec_module(phase1a)
 
 
 def get_config(arg: str | None = None):
+  if arg not in (None, "", "qwen2", "gemma3"):
+    raise ValueError(f"configs/phase1a_tiny.py:ARCH takes qwen2 or gemma3, got {arg!r}")
   c = phase1a.get_config()
   c.model = f"tiny:{arg or 'qwen2'}"
   c.data.num_examples = 4
