@@ -6,6 +6,8 @@ from typing import Any, Iterable
 
 import ml_collections
 
+from memjax.core.precision import COMPUTE_DTYPES
+
 
 class ConfigError(ValueError):
   """A config value is wrong; the message starts with the dotted field name."""
@@ -66,6 +68,9 @@ def validate_train(config) -> None:
           "must be a multiple of train.steps_per_call (or 0 for no checkpoints)")
   mesh = get(config, "train.data_parallel", 1)
   require(isinstance(mesh, int) and mesh >= 1, "train.data_parallel", f"must be >= 1, got {mesh!r}")
+  dt = get(config, "train.compute_dtype", "float32")   # absent in configs saved before it
+  require(dt in COMPUTE_DTYPES, "train.compute_dtype",
+          f"unknown value {dt!r}; choose one of {list(COMPUTE_DTYPES)}")
 
 
 def train_defaults() -> ml_collections.ConfigDict:
@@ -85,6 +90,7 @@ def train_defaults() -> ml_collections.ConfigDict:
       eval_batches=8,
       eval_batch_size=64,
       data_parallel=1,         # devices on the mesh `data` axis
+      compute_dtype="float32",  # or "bfloat16": f32 params, bf16 forward/backward (core.precision)
   ))
 
 

@@ -17,6 +17,7 @@ from absl import logging
 
 from memjax.core import checkpointing
 from memjax.core import distributed
+from memjax.core import precision
 from memjax.core import registry as systems
 from memjax.core import config as cfg
 from memjax.core import tasks
@@ -123,7 +124,8 @@ def train(config, workdir: str, *, progress: bool = True, evaluate_at_end: bool 
                           opt_state=distributed.replicate(state.opt_state, mesh),
                           memory=distributed.shard_leading(state.memory, mesh))
 
-  step_fn = jax.jit(make_multi_step(make_train_step(system.loss, tx)), donate_argnums=0)
+  loss_fn = precision.with_compute_dtype(system.loss, t.get("compute_dtype", "float32"))
+  step_fn = jax.jit(make_multi_step(make_train_step(loss_fn, tx)), donate_argnums=0)
   writers = _Writers(workdir, enabled=t.get("tensorboard", True))
   k = t.steps_per_call
   start = int(state.step)

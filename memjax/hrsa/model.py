@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from memjax.core.precision import follow_inputs
 from memjax.layers import (Attention, CrossAttention, GatedMLP, RMSNorm, attend, blockwise,
                            local_attention, local_mask)
 from memjax.hrsa.diffusion import DiffusionCascade, DiffusionMemory
@@ -135,7 +136,8 @@ class Encoder(nnx.Module):
       raise ValueError(f"context length {n} exceeds the encoder's max_context "
                        f"{self.cfg.max_context}")
     pos = jnp.arange(n, dtype=jnp.int32)
-    x = self.shift(self.embed(doc_BxN)) + sinusoid(pos, self.cfg.dim)[None]
+    x = self.shift(self.embed(doc_BxN))
+    x = x + sinusoid(pos, self.cfg.dim)[None].astype(x.dtype)   # no f32 promotion in bf16
     pos_BxN = jnp.broadcast_to(pos, (b, n))
     for blk in self.blocks:
       x = blk(x, pos_BxN, dense=dense)
@@ -222,7 +224,7 @@ class WriteHead(nnx.Module):
 
   def __call__(self, slots_BxSxD: jax.Array, span: int, embed: nnx.Embed) -> jax.Array:
     """BxSxD slots -> BxSxRxV logits for the R = `span` tokens of each slot's region."""
-    p = self.pos(sinusoid(jnp.arange(span), self.dim))
+    p = self.pos(sinusoid(jnp.arange(span), self.dim).astype(slots_BxSxD.dtype))
     h = slots_BxSxD[:, :, None, :] + p[None, None]
     h = h + self.mlp(self.norm(h))
     return embed.attend(self.out_norm(h))
@@ -233,7 +235,7 @@ class HRSATRM(nnx.Module):
 
   def __init__(self, cfg: HRSAConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
-    self.embed = nnx.Embed(cfg.vocab_size, cfg.dim, rngs=rngs)
+    self.embed = nnx.Embed(cfg.vocab_size, cfg.dim, rngs=rngs, promote_dtype=follow_inputs)
     self.encoder = Encoder(cfg, self.embed, rngs)
     self.memory = DiffusionCascade(cfg.slots, cfg.dim, cfg.heads, steps=cfg.denoise_steps,
                                    trm_n=cfg.trm_n, trm_cycles=cfg.trm_cycles,

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from memjax.core.precision import follow_inputs
 from memjax.core import config as cfg
 from memjax.layers import Attention, GatedMLP, RMSNorm, TokenShift, attend, causal_mask
 from memjax.then import traces as traces_lib
@@ -88,7 +89,7 @@ class Block(nnx.Module):
 
 class ThenLM(nnx.Module):
   def __init__(self, vocab: int, m: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    self.embed = nnx.Embed(vocab, m.dim, rngs=rngs)
+    self.embed = nnx.Embed(vocab, m.dim, rngs=rngs, promote_dtype=follow_inputs)
     self.shift = TokenShift(m.dim, m.shift_width)
     self.blocks = nnx.List([Block(m.dim, m.heads, m.kv_heads, m.mlp_ratio * m.dim, rngs=rngs)
                             for _ in range(m.layers)])
