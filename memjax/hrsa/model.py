@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memjax.core.precision import follow_inputs
+from memjax.layers.remat import remat
 from memjax.layers import (Attention, CrossAttention, GatedMLP, RMSNorm, attend, blockwise,
                            local_attention, local_mask)
 from memjax.hrsa.diffusion import DiffusionCascade, DiffusionMemory
@@ -50,6 +51,7 @@ class HRSAConfig:
   enc_shift: int = 4        # encoder token i also sees tokens i+1..i+3 (a whole 4-token fact)
   dec_shift: int = 3        # decoder token i also sees tokens i-1, i-2 (the query's key pair)
   write_head: bool = True   # reconstruction head: each M2 slot rebuilds its region's tokens
+  remat: bool = False       # recompute encoder/decoder blocks in the backward pass
 
 
 def sinusoid(positions_N: jax.Array, dim: int) -> jax.Array:
@@ -139,8 +141,10 @@ class Encoder(nnx.Module):
     x = self.shift(self.embed(doc_BxN))
     x = x + sinusoid(pos, self.cfg.dim)[None].astype(x.dtype)   # no f32 promotion in bf16
     pos_BxN = jnp.broadcast_to(pos, (b, n))
+    call = lambda blk, x: blk(x, pos_BxN, dense=dense)
+    call = remat(call, self.cfg.remat)
     for blk in self.blocks:
-      x = blk(x, pos_BxN, dense=dense)
+      x = call(blk, x)
     return self.norm(x)
 
 
@@ -199,8 +203,10 @@ class Decoder(nnx.Module):
     mem = None if memory is None else self.memory_tokens(memory)
     x = self.shift(self.embed(tokens_BxL), window)
     selfs, mems, probs = [], [], []
+    call = lambda blk, x: blk(x, mask, mem, control.stop_self_grad)
+    call = remat(call, self.cfg.remat)
     for blk in self.blocks:
-      x, s, m, p = blk(x, mask, mem, control.stop_self_grad)
+      x, s, m, p = call(blk, x)
       selfs.append(s), mems.append(m), probs.append(p)
     logits = self.embed.attend(self.norm(x))
     aux = {"self_out": selfs, "mem_out": mems, "mem_probs": probs}
