@@ -299,7 +299,9 @@ def stage_jobs(budget):
       out["skipped"].append(name)
       continue
     spec = JOBS[name] + (":tiny" if _SMOKE.value else "")
-    overrides = {"train.compute_dtype": _JOBS_DTYPE.value, "train.checkpoint_every": 0}
+    # No checkpoints or TensorBoard files: what is timed is training, not disk writes.
+    overrides = {"train.compute_dtype": _JOBS_DTYPE.value, "train.checkpoint_every": 0,
+                 "train.tensorboard": False}
     if _SMOKE.value:
       overrides.update({"train.steps": 10, "train.warmup_steps": 2})
     out["runs"][name] = run_job(spec, overrides, left)
@@ -320,7 +322,8 @@ def stage_paper(budget):
       break
     overrides = {"train.steps": steps, "train.warmup_steps": min(100, steps // 2),
                  "train.checkpoint_every": 0, "train.log_every": 10, "train.steps_per_call": 10,
-                 "train.compute_dtype": _PAPER_DTYPE.value, "model.remat": remat}
+                 "train.compute_dtype": _PAPER_DTYPE.value, "model.remat": remat,
+                 "train.tensorboard": False}
     r = run_job(spec, overrides, left, evaluate=False)
     out["tries"].append(r)
     if not r.get("out_of_memory"):

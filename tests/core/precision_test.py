@@ -154,7 +154,10 @@ def _hrsa_remat_fn(remat):
   return fn, params
 
 
-@pytest.mark.parametrize("build", [_then_remat_fn, _hrsa_remat_fn], ids=["then", "hrsa_trm"])
+# HRSA-TRM's compile (diffusion scan, TRM inside) is most of this file's time: slow-marked.
+@pytest.mark.parametrize("build", [_then_remat_fn,
+                                   pytest.param(_hrsa_remat_fn, marks=pytest.mark.slow)],
+                         ids=["then", "hrsa_trm"])
 def test_remat_gives_the_same_loss_and_gradients(build):
   """Rematerialised blocks recompute the same values; XLA may fuse the recomputation
   differently, so float32 reassociation (a few ulps per op) is allowed: 1e-5 relative."""
