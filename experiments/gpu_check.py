@@ -6,7 +6,8 @@
   python experiments/gpu_check.py --out=$OUT --stages=env,jobs,paper           # lease call 2
   python experiments/gpu_check.py --smoke --out=/tmp/gc   # CPU: interpret mode, tiny sizes
 
-Stages (each time-boxed by --<stage>_budget_s; a stage over its box stops starting new work
+The default time boxes fit one 15-minute H200 lease in two calls (about 6.5 + 5.5 minutes of
+run time after the machine's start). Stages (each time-boxed by --<stage>_budget_s; a stage over its box stops starting new work
 and says what it skipped; the JSON and the table are rewritten after every stage, so a lease
 that ends early still leaves what was measured):
   env    device, jax/jaxlib versions, memory.
@@ -51,11 +52,11 @@ _OUT = flags.DEFINE_string("out", os.environ.get("OUT"), "Output folder (default
 _STAGES = flags.DEFINE_list("stages", list(STAGES), f"Stages to run, of {STAGES}.")
 _SKIP = flags.DEFINE_list("skip", [], "Stages not to run.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "CPU end-to-end run: interpret mode, tiny sizes.")
-_TESTS_BUDGET = flags.DEFINE_integer("tests_budget_s", 240, "Time box of the tests stage.")
-_SWEEP_BUDGET = flags.DEFINE_integer("sweep_budget_s", 180, "Time box of the sweep stage.")
-_BENCH_BUDGET = flags.DEFINE_integer("bench_budget_s", 240, "Time box of the bench stage.")
-_JOBS_BUDGET = flags.DEFINE_integer("jobs_budget_s", 360, "Time box of the jobs stage.")
-_PAPER_BUDGET = flags.DEFINE_integer("paper_budget_s", 240, "Time box of the paper stage.")
+_TESTS_BUDGET = flags.DEFINE_integer("tests_budget_s", 100, "Time box of the tests stage.")
+_SWEEP_BUDGET = flags.DEFINE_integer("sweep_budget_s", 120, "Time box of the sweep stage.")
+_BENCH_BUDGET = flags.DEFINE_integer("bench_budget_s", 150, "Time box of the bench stage.")
+_JOBS_BUDGET = flags.DEFINE_integer("jobs_budget_s", 200, "Time box of the jobs stage.")
+_PAPER_BUDGET = flags.DEFINE_integer("paper_budget_s", 150, "Time box of the paper stage.")
 _SWEEP_LENGTH = flags.DEFINE_integer("sweep_length", 16384, "Sequence length of the sweep.")
 _SWEEP_BLOCKS = flags.DEFINE_list("sweep_blocks", ["32", "64", "128"], "Block sizes tried.")
 _SWEEP_STAGES = flags.DEFINE_list("sweep_num_stages", ["2", "3"], "Triton stages tried (fwd).")
