@@ -7,9 +7,9 @@
   python experiments/gpu_check.py --smoke --out=/tmp/gc   # CPU: interpret mode, tiny sizes
 
 The default time boxes fit one 15-minute H200 lease in two calls (about 6.5 + 5.5 minutes of
-run time after the machine's start). Stages (each time-boxed by --<stage>_budget_s; a stage over its box stops starting new work
-and says what it skipped; the JSON and the table are rewritten after every stage, so a lease
-that ends early still leaves what was measured):
+run time after the machine's start). Each stage is time-boxed by --<stage>_budget_s: over its
+box it stops starting new work and says what it skipped. The JSON and the table are rewritten
+after every stage, so a lease that ends early still leaves what was measured. Stages:
   env    device, jax/jaxlib versions, memory.
   tests  pytest of the kernel's compiled-GPU test class (forward, dq, dk, dv vs the jnp
          reference at f32 and bf16 tolerances; tests/kernels/local_attention_test.py).
