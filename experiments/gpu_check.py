@@ -1,6 +1,7 @@
 """Everything memjax wants measured on a GPU, in one command; writes gpu_check.json + .md.
 
-  # on the GPU machine, after `pip install -e ".[test]" "jax[cuda12]==0.10.2"`:
+  # on a GPU machine with memjax's dependencies and a CUDA jaxlib (for the lent H200, whose
+  # image has jax 0.11.2 and no ml_collections/grain, see BUILD_NOTES.md, "GPU check"):
   python experiments/gpu_check.py --out=$OUT                                   # all stages
   python experiments/gpu_check.py --out=$OUT --stages=env,tests,sweep,bench    # lease call 1
   python experiments/gpu_check.py --out=$OUT --stages=env,jobs,paper           # lease call 2
