@@ -44,6 +44,7 @@ def model_defaults() -> ml_collections.ConfigDict:
       bag_loss=0.0,            # weight of the M2 slot -> its region's bag of tokens (tied embedding)
       grad_split=False,        # extra backward pass: grad norm into cross- vs self-attention
       collapse=dict(min_sim_gap=0.02, min_delta_zero=1.02, warmup=600, patience=100, stop=False),
+      remat=False,             # recompute encoder/decoder blocks in the backward (memory for time)
   ))
 
 

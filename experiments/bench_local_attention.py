@@ -101,7 +101,9 @@ def attention_fns(impl: str, chunk: int, halo: int, block_sizes, interpret: bool
   return fn
 
 
-def measure(impl, t, d, peak, iters):
+def measure(impl, t, d, peak, iters, block_sizes=None, parts=("fwd", "fwd_bwd")):
+  """One row: `parts` timed for `impl` at length t, head dim d; block sizes from the flags
+  unless given (experiments/gpu_check.py sweeps them)."""
   b, h, kh = _BATCH.value, _HEADS.value, _KV_HEADS.value
   dtype = jnp.dtype(_DTYPE.value)
   keys = jax.random.split(jax.random.key(t + d), 4)
@@ -109,8 +111,9 @@ def measure(impl, t, d, peak, iters):
   k = jax.random.normal(keys[1], (b, t, kh, d), dtype)
   v = jax.random.normal(keys[2], (b, t, kh, d), dtype)
   do = jax.random.normal(keys[3], (b, t, h, d), dtype)
-  block_sizes = kernel.BlockSizes(_BLOCK_Q.value, _BLOCK_K.value, _BLOCK_Q_BWD.value,
-                                  _BLOCK_K_BWD.value)
+  if block_sizes is None:
+    block_sizes = kernel.BlockSizes(_BLOCK_Q.value, _BLOCK_K.value, _BLOCK_Q_BWD.value,
+                                    _BLOCK_K_BWD.value)
   fn = attention_fns(impl, _CHUNK.value, _HALO.value, block_sizes, _INTERPRET.value)
   if impl == "dpa_window":
     pairs = visible_pairs(t, window=_CHUNK.value + _HALO.value)
@@ -121,6 +124,8 @@ def measure(impl, t, d, peak, iters):
   fwd_bwd = jax.jit(lambda q, k, v, do: jax.vjp(fn, q, k, v)[1](do))
   row = {"impl": impl, "T": t, "D": d}
   for name, f, flops in (("fwd", fwd, fwd_flops), ("fwd_bwd", fwd_bwd, 3.5 * fwd_flops)):
+    if name not in parts:
+      continue
     args = (q, k, v) if name == "fwd" else (q, k, v, do)
     try:
       sec = median_seconds(f, *args, iters=iters)

@@ -8,6 +8,7 @@ from typing import Any, Iterable
 import ml_collections
 
 FLOAT32_MAX = 3.4028234663852886e38   # numpy.finfo(numpy.float32).max, without importing numpy
+from memjax.core.precision import COMPUTE_DTYPES
 
 
 class ConfigError(ValueError):
@@ -88,6 +89,9 @@ def validate_train(config) -> None:
   end = get(config, "train.end_lr_fraction", 0.1)   # a workdir's config.json may predate it
   require(isinstance(end, (int, float)) and 0 <= end <= 1, "train.end_lr_fraction",
           f"must be in [0, 1], got {end!r}")
+  dt = get(config, "train.compute_dtype", "float32")   # absent in configs saved before it
+  require(dt in COMPUTE_DTYPES, "train.compute_dtype",
+          f"unknown value {dt!r}; choose one of {list(COMPUTE_DTYPES)}")
 
 
 def train_defaults() -> ml_collections.ConfigDict:
@@ -111,6 +115,7 @@ def train_defaults() -> ml_collections.ConfigDict:
       b2=0.98,
       end_lr_fraction=0.1,     # the cosine decays from lr to lr * this at step `steps`
       tensorboard=True,        # event files in <workdir>/tensorboard beside metrics.jsonl
+      compute_dtype="float32",  # or "bfloat16": f32 params, bf16 forward/backward (core.precision)
   ))
 
 

@@ -22,6 +22,7 @@ from absl import logging
 
 from memjax.core import checkpointing
 from memjax.core import distributed
+from memjax.core import precision
 from memjax.core import registry as systems
 from memjax.core import config as cfg
 from memjax.core import tasks
@@ -175,7 +176,8 @@ def _train(config, workdir, *, progress, evaluate_at_end, stop_after, allow_conf
   if distributed.is_main():
     _start_files(workdir, config, changes, start, end)
 
-  step_fn = jax.jit(make_multi_step(make_train_step(system.loss, tx)), donate_argnums=0)
+  loss_fn = precision.with_compute_dtype(system.loss, t.get("compute_dtype", "float32"))
+  step_fn = jax.jit(make_multi_step(make_train_step(loss_fn, tx)), donate_argnums=0)
   writers = (_Writers(workdir, enabled=t.get("tensorboard", True), start=start)
              if distributed.is_main() else distributed.Silent())
   k = t.steps_per_call

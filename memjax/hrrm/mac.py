@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from memjax.core.precision import follow_inputs
 from memjax.layers import RMSNorm
 from memjax.hrrm import titans
 from memjax.recurrence.hrm import Stack
@@ -60,7 +61,7 @@ class MACLM(nnx.Module):
     self.chunk, self.mem_tokens = chunk, mem_tokens
     self.alpha, self.beta, self.eta, self.eta_decay = alpha, beta, eta, eta_decay
     self.momentum, self.forget = momentum, forget
-    self.embed = nnx.Embed(vocab_size, d_model, rngs=rngs)
+    self.embed = nnx.Embed(vocab_size, d_model, rngs=rngs, promote_dtype=follow_inputs)
     init = nnx.initializers.normal(0.02)
     self.persistent = nnx.Param(init(rngs.params(), (mem_tokens, d_model)))
     self.blocks = Stack(num_layers, d_model, num_heads, d_ff, mlp=mlp, rope_theta=rope_theta,

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from memjax.core.precision import follow_inputs
 from memjax.core import config as cfg
 from memjax.hrrm.tasks import CONTROL_TOKENS
 from memjax.recurrence.hrm import HRMCarry
@@ -40,7 +41,7 @@ class HRMLM(nnx.Module):
     if d_model % num_heads:
       raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
     self.d_model = d_model
-    self.embed = nnx.Embed(vocab_size, d_model, rngs=rngs)
+    self.embed = nnx.Embed(vocab_size, d_model, rngs=rngs, promote_dtype=follow_inputs)
     self.pos = (nnx.Param(nnx.initializers.normal(d_model ** -0.5)(rngs.params(),
                                                                    (max_seq_len, d_model)))
                 if learned_pos else None)

@@ -96,7 +96,7 @@ class DenoiseLevel(nnx.Module):
   def step(self, y_BxSxD, z_BxSxD, sigma, enc_BxNxD, enc_mask_BxN, upper_BxUxD, *,
            n: int, cycles: int, one_step_grad: bool, unroll: bool):
     """One denoise step from noisy slots y: returns (clean estimate y, latent z, read probs)."""
-    c_in = jax.lax.rsqrt(1.0 + sigma ** 2)
+    c_in = jax.lax.rsqrt(1.0 + sigma ** 2).astype(y_BxSxD.dtype)  # sigma stays f32
     q = self.read_norm(y_BxSxD * c_in + self.slot_embed[...])
     if self.local_read:
       read, probs = self.read_regions(q, enc_BxNxD, enc_mask_BxN)
@@ -105,7 +105,7 @@ class DenoiseLevel(nnx.Module):
     x = read
     if self.cond is not None:
       x = x + self.cond(self.cond_norm(q), upper_BxUxD)
-    x = x + self.sigma_proj(sigma_embedding(sigma, self.dim))
+    x = x + self.sigma_proj(sigma_embedding(sigma, self.dim).astype(x.dtype))
     net = lambda x, y, z: z + self.net(self.net_norm(x + y + z))
     # The head predicts clean slots from the read plus a refinement of (y, z): the step's
     # noise does not pass straight through, and the slots stay tied to what they read.
@@ -147,7 +147,7 @@ class DiffusionCascade(nnx.Module):
     for li, level in enumerate(self.levels):
       key = jax.random.fold_in(rng, li)
       noise_TxBxSxD = jax.random.normal(key, (self.steps + 1, b, level.slots, d), enc_BxNxD.dtype)
-      y0 = sigmas[0] * noise_TxBxSxD[0]
+      y0 = (sigmas[0] * noise_TxBxSxD[0]).astype(enc_BxNxD.dtype)
       z0 = jnp.zeros_like(y0)
 
       def body(carry, xs, level=level, upper=upper):
@@ -156,7 +156,7 @@ class DiffusionCascade(nnx.Module):
         y, z, probs = level.step(y, z, sigma, enc_BxNxD, enc_mask_BxN, upper,
                                  n=self.trm_n, cycles=self.trm_cycles,
                                  one_step_grad=self.one_step_grad, unroll=unroll)
-        return (y + sigma_next * noise, z), probs
+        return (y + (sigma_next * noise).astype(y.dtype), z), probs
 
       xs = (sigmas[:-1], sigmas[1:], noise_TxBxSxD[1:])
       if unroll:  # debug path: a Python loop, for checking the scan
@@ -170,5 +170,5 @@ class DiffusionCascade(nnx.Module):
         probs = probs_T[-1]
       out.append(y)
       reads.append(probs)
-      upper = rms_norm(y, jnp.ones((d,), y.dtype), eps=1e-6)
+      upper = rms_norm(y, jnp.ones((d,), y.dtype), eps=1e-6).astype(y.dtype)
     return DiffusionMemory(tuple(out)), tuple(reads)

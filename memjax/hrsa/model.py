@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from memjax.core.precision import follow_inputs
+from memjax.layers.remat import remat
 from memjax.layers import (Attention, CrossAttention, GatedMLP, RMSNorm, attend, blockwise,
                            local_attention, local_mask)
 from memjax.hrsa.diffusion import DiffusionCascade, DiffusionMemory
@@ -49,6 +51,7 @@ class HRSAConfig:
   enc_shift: int = 4        # encoder token i also sees tokens i+1..i+3 (a whole 4-token fact)
   dec_shift: int = 3        # decoder token i also sees tokens i-1, i-2 (the query's key pair)
   write_head: bool = True   # reconstruction head: each M2 slot rebuilds its region's tokens
+  remat: bool = False       # recompute encoder/decoder blocks in the backward pass
 
 
 def sinusoid(positions_N: jax.Array, dim: int) -> jax.Array:
@@ -135,10 +138,13 @@ class Encoder(nnx.Module):
       raise ValueError(f"context length {n} exceeds the encoder's max_context "
                        f"{self.cfg.max_context}")
     pos = jnp.arange(n, dtype=jnp.int32)
-    x = self.shift(self.embed(doc_BxN)) + sinusoid(pos, self.cfg.dim)[None]
+    x = self.shift(self.embed(doc_BxN))
+    x = x + sinusoid(pos, self.cfg.dim)[None].astype(x.dtype)   # no f32 promotion in bf16
     pos_BxN = jnp.broadcast_to(pos, (b, n))
+    call = lambda blk, x: blk(x, pos_BxN, dense=dense)
+    call = remat(call, self.cfg.remat)
     for blk in self.blocks:
-      x = blk(x, pos_BxN, dense=dense)
+      x = call(blk, x)
     return self.norm(x)
 
 
@@ -197,8 +203,10 @@ class Decoder(nnx.Module):
     mem = None if memory is None else self.memory_tokens(memory)
     x = self.shift(self.embed(tokens_BxL), window)
     selfs, mems, probs = [], [], []
+    call = lambda blk, x: blk(x, mask, mem, control.stop_self_grad)
+    call = remat(call, self.cfg.remat)
     for blk in self.blocks:
-      x, s, m, p = blk(x, mask, mem, control.stop_self_grad)
+      x, s, m, p = call(blk, x)
       selfs.append(s), mems.append(m), probs.append(p)
     logits = self.embed.attend(self.norm(x))
     aux = {"self_out": selfs, "mem_out": mems, "mem_probs": probs}
@@ -222,7 +230,7 @@ class WriteHead(nnx.Module):
 
   def __call__(self, slots_BxSxD: jax.Array, span: int, embed: nnx.Embed) -> jax.Array:
     """BxSxD slots -> BxSxRxV logits for the R = `span` tokens of each slot's region."""
-    p = self.pos(sinusoid(jnp.arange(span), self.dim))
+    p = self.pos(sinusoid(jnp.arange(span), self.dim).astype(slots_BxSxD.dtype))
     h = slots_BxSxD[:, :, None, :] + p[None, None]
     h = h + self.mlp(self.norm(h))
     return embed.attend(self.out_norm(h))
@@ -233,7 +241,7 @@ class HRSATRM(nnx.Module):
 
   def __init__(self, cfg: HRSAConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
-    self.embed = nnx.Embed(cfg.vocab_size, cfg.dim, rngs=rngs)
+    self.embed = nnx.Embed(cfg.vocab_size, cfg.dim, rngs=rngs, promote_dtype=follow_inputs)
     self.encoder = Encoder(cfg, self.embed, rngs)
     self.memory = DiffusionCascade(cfg.slots, cfg.dim, cfg.heads, steps=cfg.denoise_steps,
                                    trm_n=cfg.trm_n, trm_cycles=cfg.trm_cycles,

@@ -70,7 +70,7 @@ class Attention(nnx.Module):
                head_dim: int | None = None, *, qkv_bias: bool = False, qk_norm: bool = False,
                norm_plus_one: bool = False, norm_eps: float = 1e-6,
                rope_theta: float | None = 10_000.0, scale: float | None = None,
-               rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+               rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32):
     num_kv_heads = num_kv_heads or num_heads
     head_dim = head_dim or dim // num_heads
     if num_heads % num_kv_heads:
@@ -141,7 +141,7 @@ class CrossAttention(nnx.Module):
   """Queries from x attend to a context (memory slots, encoder states); no positions."""
 
   def __init__(self, dim: int, context_dim: int, num_heads: int, head_dim: int | None = None, *,
-               rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+               rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32):
     head_dim = head_dim or dim // num_heads
     self.num_heads, self.head_dim = num_heads, head_dim
     kw = dict(use_bias=False, rngs=rngs, dtype=dtype, param_dtype=param_dtype)

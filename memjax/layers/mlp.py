@@ -14,7 +14,7 @@ class GatedMLP(nnx.Module):
   """down(act(gate(x)) * up(x)): SwiGLU with act='silu', GeGLU with act='gelu_tanh'."""
 
   def __init__(self, dim: int, hidden: int, *, act: str = "silu", use_bias: bool = False,
-               rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32):
+               rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32):
     if act not in ACTIVATIONS:
       raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
     self.act = act

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from memjax.core.precision import follow_inputs
+from memjax.layers.remat import remat
 from memjax.core import config as cfg
 from memjax.layers import Attention, GatedMLP, RMSNorm, TokenShift, attend, causal_mask
 from memjax.then import traces as traces_lib
@@ -47,6 +49,7 @@ class ThenConfig:
   read_memory: bool = True     # False: the traces are never read (the disconnected control)
   truncate_every: int = 0      # TBPTT: detach the memory every k segments (0: never)
   segment_len: int = 0         # 0: the task's own segment length
+  remat: bool = False          # recompute each block in the backward pass (memory for time)
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -88,20 +91,23 @@ class Block(nnx.Module):
 
 class ThenLM(nnx.Module):
   def __init__(self, vocab: int, m: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    self.embed = nnx.Embed(vocab, m.dim, rngs=rngs)
+    self.embed = nnx.Embed(vocab, m.dim, rngs=rngs, promote_dtype=follow_inputs)
     self.shift = TokenShift(m.dim, m.shift_width)
     self.blocks = nnx.List([Block(m.dim, m.heads, m.kv_heads, m.mlp_ratio * m.dim, rngs=rngs)
                             for _ in range(m.layers)])
     self.norm = RMSNorm(m.dim)
     self.head = nnx.Linear(m.dim, vocab, use_bias=False, rngs=rngs)
+    self.remat = m.remat
 
   def __call__(self, tokens_BxS, state: ThenState, *, read: bool = True):
     """Returns (logits, keys_BxLxSxKxD, values_BxLxSxKxD, shift tail)."""
     x, tail = self.shift(self.embed(tokens_BxS), state.shift_BxWxD)
     t = state.traces
     ks, vs = [], []
+    call = lambda blk, *a: blk(*a, read=read)
+    call = remat(call, self.remat)   # same values; activations recomputed in the backward
     for i, block in enumerate(self.blocks):
-      x, k, v = block(x, t.keys_BxLxCxKxD[:, i], t.values_BxLxCxKxD[:, i], t.valid_BxC, read=read)
+      x, k, v = call(block, x, t.keys_BxLxCxKxD[:, i], t.values_BxLxCxKxD[:, i], t.valid_BxC)
       ks.append(k)
       vs.append(v)
     return self.head(self.norm(x)), jnp.stack(ks, 1), jnp.stack(vs, 1), tail
