@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from memjax.core import config as cfg
+from memjax.data import heldout
 
 SPLITS = {"train": 0, "eval": 1, "test": 2}
 
@@ -46,13 +47,16 @@ class SyntheticTask:
   def length(self) -> int:
     return self.segment_len * self.num_segments
 
-  def example(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  def example(self, rng: np.random.Generator, heldout: bool) -> dict[str, np.ndarray]:
+    """One example from the held-out part of the problem space (heldout) or the training part
+    (memjax.data.heldout): no eval example is, or asks for a fact of, any training example."""
     raise NotImplementedError
 
   def example_at(self, split: str, seed: int, index: int) -> dict[str, np.ndarray]:
     if split not in SPLITS:
       raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
-    return self.example(np.random.default_rng([seed, SPLITS[split], index]))
+    return self.example(np.random.default_rng([seed, SPLITS[split], index]),
+                        heldout.is_eval_split(split))
 
   def dataset(self, split: str, seed: int) -> grain.MapDataset:
     if split not in SPLITS:

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from memjax.core import config as cfg
+from memjax.data import heldout as heldout_lib
 from memjax.data.recall import SyntheticTask
 
 
@@ -192,13 +193,21 @@ class ArithmeticScratchpad(_Fixed):
   def encode(self, words) -> np.ndarray:
     return np.array([self.vocab[w] for w in words], np.int64)
 
-  def problem(self, rng):
+  def operands(self, rng, heldout: bool) -> tuple[int, ...]:
+    """(start, b_1, ..., b_num_ops): the operand combination identifies a problem (names, items
+    and +/- aside); a combination is eval-only or train-only, never both (memjax.data.heldout).
+    Single steps `a op b = r` do recur across the splits: the task measures chaining known
+    steps, not inventing arithmetic facts for unseen single-token numbers."""
     c = self.c
-    x = int(rng.integers(1, c.max_start + 1))
+    make = lambda rng: (int(rng.integers(1, c.max_start + 1)),) + tuple(
+        int(b) for b in rng.integers(1, c.max_operand + 1, c.num_ops))
+    return heldout_lib.draw(rng, make, lambda ops: ops, heldout, "operand combination")
+
+  def problem(self, rng, heldout: bool):
+    x, *bs = self.operands(rng, heldout)
     q = [str(rng.choice(self.NAMES)), "has", str(x), str(rng.choice(self.ITEMS)), "."]
     pad, steps = [], []
-    for _ in range(c.num_ops):
-      b = int(rng.integers(1, c.max_operand + 1))
+    for b in bs:
       if rng.random() < 0.5 or b > x:
         q += ["she", "gets", str(b), "more", "."]
         steps.append((x, "+", b, x + b))
@@ -212,8 +221,8 @@ class ArithmeticScratchpad(_Fixed):
       pad += ([";"] if i else []) + [str(a), op, str(b), "=", str(r)]
     return q, pad, x
 
-  def example(self, rng):
-    q, pad, ans = self.problem(rng)
+  def example(self, rng, heldout):
+    q, pad, ans = self.problem(rng, heldout)
     words = q + ["<SoT>"] + pad + ["<EoT>", str(ans), "<eos>"]
     ids = self.encode(words)
     n = self.c.max_len
