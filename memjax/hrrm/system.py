@@ -65,12 +65,14 @@ def _weights(batch):
   return (batch["answer"] > 0).astype(jnp.float32)
 
 
-def make_hrm_system(config, task) -> System:
+def make_hrm_system(config, task, run=None) -> System:
+  """`run(params, inputs, *, H, segments) -> outputs stacked over segments` defaults to the
+  model's; tests pass a hand-built one to check the scoring paths against known answers."""
   m = config.model
   graphdef, _ = _split(nnx.eval_shape(lambda: hrrm.build(m, task.vocab_size)))
   planner = m.name == "hrrm_planner"
 
-  def run(params, inputs, *, H, segments):
+  def model_run(params, inputs, *, H, segments):
     model = nnx.merge(graphdef, params)
     x = model.input_embedding(inputs)
     carry = model.init_carry(inputs)
@@ -78,6 +80,8 @@ def make_hrm_system(config, task) -> System:
                                       one_step_grad=m.one_step_grad, unroll=m.unroll)
     _, outs = deep_supervision(seg, carry, segments)
     return outs  # each [S, B, ...]
+
+  run = run or model_run
 
   def per_segment(outs, batch):
     """Per-segment, per-example: loss and exact correctness."""
