@@ -20,15 +20,17 @@ def test_titans_yardstick_modes_on_a_model_trained_for_seconds(tmp_path):
   answers, the zeroed and shuffled memories do not (the figures' code path, end to end)."""
   c = titans_recall.get_config("tiny")
   c.task.update(num_keys=2, num_values=8, num_pairs=1, num_queries=1, num_filler=2)
-  c.train.update(steps=80, steps_per_call=10, lr=3e-3, batch_size=32, checkpoint_every=0,
+  # 160 steps: held-out accuracy 0.996 / 0.734 / 0.996 for train.seed 0 / 1 / 2 (shuffled
+  # 0.25 / 0.16 / 0.25): the bounds below hold for all three
+  c.train.update(steps=160, steps_per_call=10, lr=3e-3, batch_size=32, checkpoint_every=0,
                  log_every=80, eval_batches=4, eval_batch_size=64)
   r = loop.train(c, str(tmp_path), progress=False)
-  assert r["accuracy"] >= 0.6, r
+  assert r["accuracy"] >= 0.5, r
   # zeroed / no memory: the answer's value was never bound to its key in training, so a
   # model without the memory scores (at most) chance; shuffled: another example's value
   # (right only when both drew the same binding: 2 keys x 2 held-out values)
   assert r["accuracy_memory_zeroed"] <= r["chance"] and r["accuracy_no_memory"] <= r["chance"]
-  assert r["accuracy_memory_shuffled"] <= 0.4 < r["accuracy"] - 0.2
+  assert r["accuracy_memory_shuffled"] <= 0.4 and r["accuracy"] - r["accuracy_memory_shuffled"] > 0.3
   assert r["delta_zero"] > 2.0
 
 
