@@ -21,6 +21,29 @@ def test_notebook_runs(name, monkeypatch):
   nb = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
   NotebookClient(nb, timeout=600, kernel_name="python3",
                  resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}).execute()
-  errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-            if o.get("output_type") == "error"]
-  assert not errors
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+  assert not [o for o in outputs if o.get("output_type") == "error"]
+  # nothing on stderr but warnings
+  stderr = "".join(o.get("text", "") for o in outputs if o.get("name") == "stderr")
+  assert "Traceback" not in stderr, stderr[-2000:]
+  text = "".join(o.get("text", "") for o in outputs if o.get("name") == "stdout")
+  if name in CHECKS:
+    CHECKS[name](text)
+
+
+def _then_ablations(text):
+  """The table: one row per (capacity, truncate_every), every number in its range."""
+  lines = text.strip().splitlines()
+  i = next(j for j, l in enumerate(lines) if l.startswith("capacity | truncate_every"))
+  header = lines[i].split(" | ")
+  rows = [dict(zip(header, map(float, l.split(" | ")))) for l in lines[i + 1:]]
+  assert [(r["capacity"], r["truncate_every"]) for r in rows] == [(16, 0), (16, 1)]  # tiny
+  for r in rows:
+    assert r["chance"] == round(1 / 8, 3)        # configs/then_recall.py:tiny, 8 values
+    for k in ("accuracy", "accuracy_memory_zeroed", "accuracy_memory_shuffled",
+              "accuracy_no_memory"):
+      assert 0.0 <= r[k] <= 1.0, (k, r)
+    assert 0.0 < r["delta_zero"] < 1e6, r
+
+
+CHECKS = {"then_ablations.ipynb": _then_ablations}

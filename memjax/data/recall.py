@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from memjax.core import config as cfg
+from memjax.data import heldout as heldout_lib
 
 SPLITS = {"train": 0, "eval": 1, "test": 2}
 
@@ -46,13 +47,16 @@ class SyntheticTask:
   def length(self) -> int:
     return self.segment_len * self.num_segments
 
-  def example(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  def example(self, rng: np.random.Generator, heldout: bool) -> dict[str, np.ndarray]:
+    """One example from the held-out part of the problem space (heldout) or the training part
+    (memjax.data.heldout): no eval example is, or asks for a fact of, any training example."""
     raise NotImplementedError
 
   def example_at(self, split: str, seed: int, index: int) -> dict[str, np.ndarray]:
     if split not in SPLITS:
       raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
-    return self.example(np.random.default_rng([seed, SPLITS[split], index]))
+    return self.example(np.random.default_rng([seed, SPLITS[split], index]),
+                        heldout_lib.is_eval_split(split))
 
   def dataset(self, split: str, seed: int) -> grain.MapDataset:
     if split not in SPLITS:
@@ -116,6 +120,9 @@ class AssocRecall(SyntheticTask):
 
   Tokens: 0 pad | keys | values | filler. The query segment repeats
   `num_queries` of the keys, each followed by its value (the scored target).
+  Held out: a key -> value binding is eval-only or train-only (memjax.data.heldout); every
+  key keeps a quarter of the values for eval, so an eval answer was never bound to its key
+  in training.
   """
 
   @staticmethod
@@ -145,6 +152,8 @@ class AssocRecall(SyntheticTask):
                 f"{c.num_queries} queries but only {c.num_pairs} pairs")
     cfg.require(c.num_pairs <= c.num_keys, "task.num_pairs",
                 f"{c.num_pairs} distinct keys needed, only num_keys={c.num_keys}")
+    cfg.require(c.num_values >= 2, "task.num_values",
+                f"must be >= 2 (train and held-out values per key), got {c.num_values}")
 
   def __init__(self, c):
     super().__init__(c)
@@ -165,11 +174,11 @@ class AssocRecall(SyntheticTask):
     src = tfds_recall.data_source(builder, "train" if split == "train" else "eval")
     return grain.MapDataset.source(src).repeat()
 
-  def example(self, rng):
+  def example(self, rng, heldout):
     c, s = self.c, self.segment_len
     filler = lambda n: self.filler0 + rng.integers(0, c.num_filler, n)
     keys = rng.choice(c.num_keys, c.num_pairs, replace=False)
-    values = rng.integers(0, c.num_values, c.num_pairs)
+    values = np.array([heldout_lib.draw_value(rng, int(k), c.num_values, heldout) for k in keys])
     pairs = np.stack([self.key0 + keys, self.value0 + values], 1).reshape(-1)
     first = np.concatenate([pairs, filler(s - pairs.size)])
     q = rng.choice(c.num_pairs, c.num_queries, replace=False)
@@ -185,7 +194,10 @@ class AssocRecall(SyntheticTask):
 
 
 class Passkey(SyntheticTask):
-  """A digit string near the start of a long filler stream, asked for at the end."""
+  """A digit string near the start of a long filler stream, asked for at the end.
+
+  Held out: a digit string is eval-only or train-only (a hash of the digits).
+  """
 
   @staticmethod
   def defaults() -> ml_collections.ConfigDict:
@@ -210,10 +222,11 @@ class Passkey(SyntheticTask):
     self.chance = 0.1 ** c.digits
     self.max_answers = 1
 
-  def example(self, rng):
+  def example(self, rng, heldout):
     c, s = self.c, self.segment_len
     tokens = self.filler0 + rng.integers(0, c.num_filler, self.length + 1)
-    digits = self.digit0 + rng.integers(0, 10, c.digits)
+    digits = self.digit0 + heldout_lib.draw(rng, lambda r: r.integers(0, 10, c.digits),
+                                            tuple, heldout, "passkey")
     start = 1 + rng.integers(0, s - c.digits - 1)         # inside the first segment
     tokens[start] = self.PASS
     tokens[start + 1: start + 1 + c.digits] = digits
@@ -230,6 +243,8 @@ class KVRecall(SyntheticTask):
 
   Early segments hold `num_turns` turns with distinct two-digit keys; the last
   segment asks `KEYab=` for one of them and scores the value digit.
+  Held out: a key -> value binding is eval-only or train-only (memjax.data.heldout: two of
+  the ten digits per key are eval values).
   """
 
   @staticmethod
@@ -262,10 +277,10 @@ class KVRecall(SyntheticTask):
   def encode(self, text: str) -> np.ndarray:
     return np.array([self.ids[ch] for ch in text], np.int64)
 
-  def example(self, rng):
+  def example(self, rng, heldout):
     c, s = self.c, self.segment_len
     keys = rng.choice(100, c.num_turns, replace=False)
-    values = rng.integers(0, 10, c.num_turns)
+    values = np.array([heldout_lib.draw_value(rng, int(k), 10, heldout) for k in keys])
     turns = "".join(f"KEY{k:02d}={v};" for k, v in zip(keys, values))
     # Digit-first: the value digit follows `=` and nothing later repeats it.
     q = rng.choice(c.num_turns, c.num_queries, replace=False)

@@ -25,7 +25,7 @@ class AssocRecallConfig(tfds.core.BuilderConfig):
 class MemjaxAssocRecall(tfds.core.GeneratorBasedBuilder):
   """Multi-segment associative recall, generated deterministically."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")   # 1.1.0: held-out eval bindings
 
   def _info(self) -> tfds.core.DatasetInfo:
     length = self.builder_config.task["segment_len"] * self.builder_config.task["num_segments"]

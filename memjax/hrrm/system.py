@@ -1,7 +1,8 @@
 """Systems (memjax.core.system.System) for the HRRM family.
 
   hrm            HRM core on a multi-step task (pointer_roots); extra: accuracy_by_h_cycles
-  hrrm_planner   Planner: LM + ControllerHead (lambda_ctrl); accuracy = control-token detection
+  hrrm_planner   Planner: LM + ControllerHead (lambda_ctrl); accuracy = control-token detection;
+                 extra: accuracy_ngram{1,2,3}, lookup tables on the last 1-3 tokens (baselines.py)
   hrrm_reasoner  Reasoner: scratchpad-supervised LM; extra: accuracy of greedy generation and
                  of self-consistency over k samples
   hrrm_memory    Memory: Titans MAC on retrieval episodes; the memory-use yardstick
@@ -13,6 +14,7 @@ of halted examples carry no loss.
 from __future__ import annotations
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,7 @@ from flax import nnx
 
 from memjax.core import config as cfg
 from memjax.core import losses
+from memjax.hrrm import baselines
 from memjax.hrrm import model as hrrm
 from memjax.recurrence.hrm import act_targets
 from memjax.recurrence.hrm import deep_supervision
@@ -62,12 +65,14 @@ def _weights(batch):
   return (batch["answer"] > 0).astype(jnp.float32)
 
 
-def make_hrm_system(config, task) -> System:
+def make_hrm_system(config, task, run=None) -> System:
+  """`run(params, inputs, *, H, segments) -> outputs stacked over segments` defaults to the
+  model's; tests pass a hand-built one to check the scoring paths against known answers."""
   m = config.model
   graphdef, _ = _split(nnx.eval_shape(lambda: hrrm.build(m, task.vocab_size)))
   planner = m.name == "hrrm_planner"
 
-  def run(params, inputs, *, H, segments):
+  def model_run(params, inputs, *, H, segments):
     model = nnx.merge(graphdef, params)
     x = model.input_embedding(inputs)
     carry = model.init_carry(inputs)
@@ -75,6 +80,8 @@ def make_hrm_system(config, task) -> System:
                                       one_step_grad=m.one_step_grad, unroll=m.unroll)
     _, outs = deep_supervision(seg, carry, segments)
     return outs  # each [S, B, ...]
+
+  run = run or model_run
 
   def per_segment(outs, batch):
     """Per-segment, per-example: loss and exact correctness."""
@@ -161,6 +168,7 @@ def make_hrm_system(config, task) -> System:
       fn = jax.jit(score)
       outs = [fn(params, b) for b in batches]
       res["perplexity"] = float(jnp.exp(sum(o["loss"] for o in outs) / len(outs)))
+      res.update(planner_baselines(config, task, batches))
     return res
 
   def answer(params, batch, memory):
@@ -169,6 +177,17 @@ def make_hrm_system(config, task) -> System:
 
   return System(init=_init_fn(m, task.vocab_size), loss=loss_fn, answer=answer,
                 extra_results=extra_results, graphdef=graphdef)
+
+
+def planner_baselines(config, task, eval_batches) -> dict:
+  """The n-gram baselines beside `chance`: tables fit on the training stream the model saw
+  (train.steps batches of the train split), scored with the Planner's metric on the eval
+  batches (memjax.hrrm.baselines)."""
+  t = config.train
+  train = list(itertools.islice(iter(task.batches("train", t.batch_size, t.seed)), t.steps))
+  return {f"accuracy_ngram{n}": baselines.ngram_ctrl_accuracy(train, eval_batches, n,
+                                                              task.vocab_size)
+          for n in (1, 2, 3)}
 
 
 def optax_bce(logits, targets):

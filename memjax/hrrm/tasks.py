@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from memjax.core import config as cfg
+from memjax.data import heldout as heldout_lib
 from memjax.data.recall import SyntheticTask
 
 
@@ -38,6 +39,7 @@ class PointerRoots(_Fixed):
   a fixed amount of computation per step cannot shortcut it, and once at the
   root further steps change nothing (a fixed point), so accuracy should rise
   with the number of recurrent cycles. Scored: the whole example (all nodes).
+  Held out: a forest (the parent array) is eval-only or train-only (a hash of it).
   """
 
   @staticmethod
@@ -60,7 +62,7 @@ class PointerRoots(_Fixed):
     # chance: guessing a node per position, all positions right
     self.chance = float((1.0 / c.num_nodes) ** c.num_nodes)
 
-  def example(self, rng):
+  def forest(self, rng):
     n = self.c.num_nodes
     chains = int(rng.integers(self.c.min_chains, self.c.max_chains + 1))
     order = rng.permutation(n)
@@ -71,6 +73,11 @@ class PointerRoots(_Fixed):
       parent[seg[0]] = seg[0]
       parent[seg[1:]] = seg[:-1]
       root[seg] = seg[0]
+    return parent, root
+
+  def example(self, rng, heldout):
+    parent, root = heldout_lib.draw(rng, self.forest, lambda f: tuple(f[0]), heldout, "forest")
+    n = self.c.num_nodes
     return {"inputs": parent.astype(np.int32), "targets": root.astype(np.int32),
             "answer": np.ones(n, np.int32)}
 
@@ -93,6 +100,11 @@ class PlanTraces(_Fixed):
   next is therefore determined (counting, comparing); the subgoal sizes and
   action words are random. `ctrl` holds, per position, the control class of
   the next token (0: not a control token; 1..5: CONTROL_TOKENS).
+  Held out: a plan is eval-only when the sum of its action indices is 0 mod 4, train-only
+  otherwise; the last action is drawn to land in the split, so every goal and every subgoal
+  sequence occurs in both splits with a quarter of its plans held out, and no eval plan
+  occurs in training. (The control classes follow from the subgoal sizes alone, and those
+  51 structures (max_goal 6) are shared: what is held out is the plan, not its structure.)
   """
 
   ACTIONS = ("left", "right", "up", "down")
@@ -122,15 +134,28 @@ class PlanTraces(_Fixed):
   def encode(self, words) -> np.ndarray:
     return np.array([self.vocab[w] for w in words], np.int64)
 
-  def example(self, rng):
+  @classmethod
+  def plan_is_eval(cls, actions) -> bool:
+    return sum(actions) % len(cls.ACTIONS) == 0
+
+  def example(self, rng, heldout):
     c = self.c
     goal = int(rng.integers(1, c.max_goal + 1))
-    words, s = ["<PLAN>", "goal", str(goal)], 0
+    sizes, s = [], 0
     while s < goal:
-      d = int(rng.integers(1, min(3, goal - s) + 1))
+      sizes.append(int(rng.integers(1, min(3, goal - s) + 1)))
+      s += sizes[-1]
+    a = len(self.ACTIONS)
+    actions = [int(x) for x in rng.integers(0, a, goal)]
+    # the last action puts the plan in its split: eval iff sum = 0 mod a (a quarter of plans)
+    rest = -sum(actions[:-1]) % a
+    actions[-1] = rest if heldout else (rest + 1 + int(rng.integers(a - 1))) % a
+    assert self.plan_is_eval(actions) == heldout
+    words, s, it = ["<PLAN>", "goal", str(goal)], 0, iter(actions)
+    for d in sizes:
       words += ["<SUBGOAL>", str(d)]
       for _ in range(d):
-        words += ["<ACTION>", self.ACTIONS[rng.integers(len(self.ACTIONS))]]
+        words += ["<ACTION>", self.ACTIONS[next(it)]]
       s += d
       words += ["<CHECK>", str(s)]
     words += ["<ENDPLAN>", "<eos>"]
@@ -192,13 +217,21 @@ class ArithmeticScratchpad(_Fixed):
   def encode(self, words) -> np.ndarray:
     return np.array([self.vocab[w] for w in words], np.int64)
 
-  def problem(self, rng):
+  def operands(self, rng, heldout: bool) -> tuple[int, ...]:
+    """(start, b_1, ..., b_num_ops): the operand combination identifies a problem (names, items
+    and +/- aside); a combination is eval-only or train-only, never both (memjax.data.heldout).
+    Single steps `a op b = r` do recur across the splits: the task measures chaining known
+    steps, not inventing arithmetic facts for unseen single-token numbers."""
     c = self.c
-    x = int(rng.integers(1, c.max_start + 1))
+    make = lambda rng: (int(rng.integers(1, c.max_start + 1)),) + tuple(
+        int(b) for b in rng.integers(1, c.max_operand + 1, c.num_ops))
+    return heldout_lib.draw(rng, make, lambda ops: ops, heldout, "operand combination")
+
+  def problem(self, rng, heldout: bool):
+    x, *bs = self.operands(rng, heldout)
     q = [str(rng.choice(self.NAMES)), "has", str(x), str(rng.choice(self.ITEMS)), "."]
     pad, steps = [], []
-    for _ in range(c.num_ops):
-      b = int(rng.integers(1, c.max_operand + 1))
+    for b in bs:
       if rng.random() < 0.5 or b > x:
         q += ["she", "gets", str(b), "more", "."]
         steps.append((x, "+", b, x + b))
@@ -212,8 +245,8 @@ class ArithmeticScratchpad(_Fixed):
       pad += ([";"] if i else []) + [str(a), op, str(b), "=", str(r)]
     return q, pad, x
 
-  def example(self, rng):
-    q, pad, ans = self.problem(rng)
+  def example(self, rng, heldout):
+    q, pad, ans = self.problem(rng, heldout)
     words = q + ["<SoT>"] + pad + ["<EoT>", str(ans), "<eos>"]
     ids = self.encode(words)
     n = self.c.max_len

@@ -19,6 +19,12 @@ Curriculum (train split, by batch index = step): `easy` until `curriculum_steps[
 until `curriculum_steps[1]`, then `hard` (more distractors, two adversarial). The
 `eval` split is all retrieval at the target stage; `adversarial` is the same with at
 least one adversarial distractor in every example.
+
+Held out: a fact's binding (ka, kb) -> value is eval-only or train-only
+(memjax.data.heldout: a quarter of the values per key pair are eval values). Every fact of a
+training document (LM or retrieval, target or distractor) uses a training binding, every
+fact of an `eval` or `adversarial` document a held-out one: no fact an eval example holds or
+asks for occurs anywhere in training.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import grain
 import numpy as np
 
 from memjax.core.config import ConfigError
+from memjax.data import heldout as heldout_lib
 
 PAD, BOS, FACT, QUERY, ANS = 0, 1, 2, 3, 4
 NUM_SPECIAL = 5
@@ -96,6 +103,9 @@ class HRSARetrievalTask:
       if getattr(self, name) + 1 > self.doc_len // self.chunk - 1:
         raise ConfigError(f"task.{name}: {getattr(self, name)} distractors do not fit in "
                           f"{self.doc_len // self.chunk} chunks of a {self.doc_len}-token document")
+    if self.n_values < 2:
+      raise ConfigError(f"task.n_values: must be >= 2 (train and held-out values per key), got "
+                        f"{self.n_values}")
     if not 0.0 <= self.retrieval_fraction <= 1.0:
       raise ConfigError(f"task.retrieval_fraction: must lie in [0, 1], got "
                        f"{self.retrieval_fraction}")
@@ -117,8 +127,11 @@ class HRSARetrievalTask:
       out[i] = cur
     return out + self.t0
 
+  def value(self, rng: np.random.Generator, ka: int, kb: int, heldout: bool) -> int:
+    return heldout_lib.draw_value(rng, (ka, kb), self.n_values, heldout)
+
   def example(self, rng: np.random.Generator, stage: str, retrieval: bool,
-              force_adversarial: bool = False) -> dict:
+              force_adversarial: bool = False, heldout: bool = False) -> dict:
     st = self.stages[stage]
     n, c, tail = self.doc_len, self.chunk, self.tail
     stream = self._text(rng, n + self.seq_len + 1)
@@ -128,7 +141,7 @@ class HRSARetrievalTask:
     lo = free_chunks - max(1, free_chunks // 4) if st.near_quarter else 0
     tgt_chunk = int(rng.integers(lo, free_chunks))
     ka, kb = int(rng.integers(self.n_ka)), int(rng.integers(self.n_kb))
-    value = int(rng.integers(self.n_values))
+    value = self.value(rng, ka, kb, heldout)
     n_adv = st.adversarial if force_adversarial else int(
         (rng.random(st.adversarial) < self.adversarial_p).sum())
     if force_adversarial:
@@ -146,7 +159,7 @@ class HRSARetrievalTask:
         if k not in used_keys:
           break
       used_keys.add(k)
-      facts.append((int(ch), k[0], k[1], int(rng.integers(self.n_values))))
+      facts.append((int(ch), k[0], k[1], self.value(rng, k[0], k[1], heldout)))
     src = -1
     for j, (ch, a, b, v) in enumerate(facts):
       off = ch * c + int(rng.integers(c - 3))
@@ -183,7 +196,8 @@ class HRSARetrievalTask:
         stage = self.stage_at(int(index) // batch_size)
         retrieval = bool(rng.random() < self.retrieval_fraction)
         return self.example(rng, stage, retrieval)
-      return self.example(rng, "target", True, force_adversarial=split == "adversarial")
+      return self.example(rng, "target", True, force_adversarial=split == "adversarial",
+                          heldout=True)
 
     ds = grain.MapDataset.range(10 ** 12).map(make).batch(batch_size, drop_remainder=True)
     return ds.to_iter_dataset()

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from memjax.data import heldout
 from memjax.data import recall
 from memjax.core import tasks
 
@@ -75,4 +76,54 @@ def test_tfds_array_record_round_trip(tmp_path):
   want = next(iter(generated.batches("train", 8, 0)))
   for k in want:
     np.testing.assert_array_equal(got[k], want[k])
-  assert list(tmp_path.glob("memjax_assoc_recall/*/1.0.0/*.array_record*"))
+  assert list(tmp_path.glob("memjax_assoc_recall/*/1.1.0/*.array_record*"))
+
+
+def _bindings(task, e):
+  """The key -> value bindings an example holds (every pair of its first segment)."""
+  if isinstance(task, recall.AssocRecall):
+    first = e["inputs"][1:task.segment_len + 1]
+    return {(int(first[j]) - task.key0, int(first[j + 1]) - task.value0)
+            for j in range(0, 2 * task.c.num_pairs, 2)}
+  text = "".join(task.CHARS[i] for i in e["inputs"][:task.segment_len + 1])
+  turns = text[1:].split(";")[:task.c.num_turns]
+  return {(int(t[3:5]), int(t[6])) for t in turns}
+
+
+@pytest.mark.parametrize("klass", [recall.AssocRecall, recall.KVRecall])
+def test_eval_bindings_never_occur_in_training(klass):
+  task = klass(klass.defaults())
+  values = task.c.num_values if klass is recall.AssocRecall else 10
+  train = set().union(*(_bindings(task, task.example_at("train", s, i))
+                        for s in (0, 1) for i in range(300)))
+  held = set().union(*(_bindings(task, task.example_at(split, 0, i))
+                       for split in ("eval", "test") for i in range(300)))
+  assert not train & held
+  # by construction, not by luck: each side lies in its part of the partition
+  assert all(heldout.binding_is_eval(k, v, values) for k, v in held)
+  assert not any(heldout.binding_is_eval(k, v, values) for k, v in train)
+  # the scored answers are eval bindings too (they repeat first-segment pairs)
+  e = task.example_at("eval", 0, 0)
+  assert _bindings(task, e) <= held
+  # and the splits cover the same keys: only the values bound to them differ
+  assert {k for k, _ in train} == {k for k, _ in held}
+
+
+def test_eval_passkeys_never_occur_in_training():
+  task = recall.Passkey(recall.Passkey.defaults())
+  key = lambda e: tuple(e["targets"][e["answer"] > 0])
+  train = {key(task.example_at("train", s, i)) for s in (0, 1) for i in range(2000)}
+  held = {key(task.example_at("eval", 0, i)) for i in range(2000)}
+  assert len(train) > 1900 and len(held) > 1900 and not train & held
+  assert all(heldout.in_eval(*(np.array(k) - task.digit0)) for k in held)
+
+
+def test_binding_split_gives_every_key_a_quarter_of_its_values():
+  for v in (2, 8, 10, 16, 64):
+    for key in (0, 5, (3, 4)):
+      held = [x for x in range(v) if heldout.binding_is_eval(key, x, v)]
+      assert len(held) == heldout.n_eval(v) == min(max(1, v // 4), v - 1)
+      rng = np.random.default_rng(0)
+      assert {heldout.draw_value(rng, key, v, True) for _ in range(200)} == set(held)
+      assert {heldout.draw_value(rng, key, v, False) for _ in range(400)} == \
+          set(range(v)) - set(held)

@@ -10,7 +10,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _run(*args, timeout=300):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  # the checkout under test first: an installed (editable) memjax may be another checkout
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             PYTHONPATH=os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
   return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=timeout)
 
@@ -41,9 +43,18 @@ def test_tiny_train_eval_export(tmp_path, config):
            "--progress=false", timeout=900)
   assert r.returncode == 0, r.stderr[-2000:]
   res = json.loads((wd / "results.json").read_text())
-  assert res["train_steps"] == 10 and res["accuracy"] is not None
+  assert res["train_steps"] == 10 and 0.0 <= res["accuracy"] <= 1.0
   if config != "titans_recall":
-    assert set(res["accuracy_by_h_cycles"])
+    # one figure per H the tiny config lists, each an accuracy
+    want = {"hrm_reasoning": {"1", "2"}}.get(config, {"1"})
+    assert set(res["accuracy_by_h_cycles"]) == want
+    assert all(0.0 <= v <= 1.0 for v in res["accuracy_by_h_cycles"].values())
+  else:
+    assert 0.0 <= res["accuracy_memory_zeroed"] <= 1.0 and res["delta_zero"] > 0
+  if config == "hrrm_planner":   # the n-gram baselines beside chance
+    assert all(0.0 < res[f"accuracy_ngram{n}"] <= 1.0 for n in (1, 2, 3))
+  if config == "hrrm_reasoner":  # every eval problem decoded (1 batch of 4)
+    assert res["generate_examples"] == 4 and 0.0 <= res["accuracy_generate"] <= 1.0
   tok = tmp_path / "tok.json"
   assert _run("experiments/build_tokenizer.py", f"--out={tok}", "--synthetic=50",
               f"--corpus={ROOT}/setup.py").returncode == 0

