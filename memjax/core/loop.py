@@ -19,6 +19,7 @@ from memjax.core import checkpointing
 from memjax.core import distributed
 from memjax.core import registry as systems
 from memjax.core import config as cfg
+from memjax.core import system as system_lib
 from memjax.core import tasks
 from memjax.core import yardstick
 from memjax.core.optim import make_optimizer
@@ -123,7 +124,8 @@ def train(config, workdir: str, *, progress: bool = True, evaluate_at_end: bool 
                           opt_state=distributed.replicate(state.opt_state, mesh),
                           memory=distributed.shard_leading(state.memory, mesh))
 
-  step_fn = jax.jit(make_multi_step(make_train_step(system.loss, tx)), donate_argnums=0)
+  step_fn = jax.jit(lambda state, batches, frozen: make_multi_step(make_train_step(
+      system_lib.bind(system, frozen).loss, tx))(state, batches), donate_argnums=0)
   writers = _Writers(workdir, enabled=t.get("tensorboard", True))
   k = t.steps_per_call
   start = int(state.step)
@@ -139,7 +141,7 @@ def train(config, workdir: str, *, progress: bool = True, evaluate_at_end: bool 
       batches = jax.tree.map(lambda *b: np.stack(b), *itertools.islice(it, k))
       if mesh is not None:
         batches = distributed.shard_batch(batches, mesh, axis=1)
-      state, metrics = step_fn(state, batches)
+      state, metrics = step_fn(state, batches, system.frozen)
       step += k
       if not bool(metrics["finite"]):
         raise TrainingDiverged(

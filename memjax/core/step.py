@@ -18,6 +18,8 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    if isinstance(grads, dict):  # per-group gradient norms: which part the signal reaches
+      metrics.update({f"grad_norm/{k}": optax.global_norm(g) for k, g in grads.items()})
     # Stateful streams: batch N's memory starts batch N+1, without a gradient path back.
     memory = jax.lax.stop_gradient(memory)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,

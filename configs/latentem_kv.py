@@ -1,0 +1,42 @@
+"""Latentem on digit-first KV recall: a compressor writes 8 latents from the removed part of the
+prompt; the frozen Gemma 3 270M (and, alongside, the same model with LoRA) reads them.
+
+  python experiments/train.py --config=configs/latentem_kv.py --workdir=/tmp/latentem
+  python experiments/eval_budget_sweep.py --workdir=/tmp/latentem
+
+Args (comma-separated): `tiny` (a tiny random reader, for tests), `prose` (the less-templated
+variant), `frozen` (train only the frozen-reader branch), `overfit` (overfit-one debug mode).
+Measured: see README.md / BUILD_NOTES.md (Latentem) for the figures of the last run.
+"""
+import ml_collections
+
+from memjax.core import config as cfg
+from memjax.latentem import system
+from memjax.latentem.task import LatentemKV
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = set((arg or "").split(",")) - {""}
+  c = ml_collections.ConfigDict()
+  c.model = system.defaults()
+  c.task = LatentemKV.defaults()
+  c.train = cfg.train_defaults()
+  c.train.update(steps=300, batch_size=16, lr=1e-3, warmup_steps=30, log_every=10,
+                 steps_per_call=10, checkpoint_every=100, eval_batches=4, eval_batch_size=64,
+                 weight_decay=0.0, clip_norm=1.0)
+  c.model.update(train_kept=24, oracle_batch=4)
+  if "prose" in args:
+    c.task.update(variant="prose", removed_tokens=160)
+  if "frozen" in args:
+    c.model.readers = ("frozen",)
+  if "overfit" in args:
+    c.task.overfit_one = True
+  if "tiny" in args:
+    reader = "tiny:gemma3"
+    c.model.update(reader=reader, dim=32, layers=1, heads=2, encoder_reader_layers=1,
+                   probe_dim=32, lora_rank=2, oracle_batch=2, train_kept=0)
+    c.task.update(reader=reader, budget=48,
+                  removed_tokens=320 if c.task.variant == "prose" else 100)
+    c.train.update(steps=4, batch_size=4, warmup_steps=1, log_every=2, steps_per_call=2,
+                   checkpoint_every=2, eval_batches=1, eval_batch_size=8, tensorboard=False)
+  return c
