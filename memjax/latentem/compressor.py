@@ -90,6 +90,7 @@ class LatentCompressor(nnx.Module):
       mask_BxR = jnp.ones((b, r), bool)
     enc = self.encode(features_BxRxF, mask_BxR)
     q = jnp.broadcast_to(self.queries[...], (b,) + self.queries.shape)
-    h = q + self.pooled(self.pool_norm(q), self.ctx_norm(enc), mask_BxR)
+    # No residual from the queries: they are the same for every example, and would dominate.
+    h = self.pooled(self.pool_norm(q), self.ctx_norm(enc), mask_BxR)
     h = h + self.mlp(self.mlp_norm(h))
     return self.out_norm(self.out(h)) * self.out_scale[...]
