@@ -6,7 +6,11 @@ prompt; the frozen Gemma 3 270M (and, alongside, the same model with LoRA) reads
 
 Args (comma-separated): `tiny` (a tiny random reader, for tests), `prose` (the less-templated
 variant), `frozen` (train only the frozen-reader branch), `overfit` (overfit-one debug mode).
-Measured: see README.md / BUILD_NOTES.md (Latentem) for the figures of the last run.
+Measured 2026-12-02, 2-core CPU shared with other jobs (load average 14-21): the run did not
+finish in time (10-30 s a step); stopped after its step-50 checkpoint (~30 min wall), evaluated
+on held-out episodes at budget 64: latent (LoRA reader) at chance, memory_cosine 0.998
+(collapsed); oracle (same LoRA reader, full prompt) 1.000; frozen-reader text oracle 1.000;
+discard 0.09-0.16. Targets (latent >= 0.9) NOT reached. Figures: BUILD_NOTES.md, Latentem.
 """
 import ml_collections
 
