@@ -25,6 +25,7 @@ from memjax.core import distributed
 from memjax.core import precision
 from memjax.core import registry as systems
 from memjax.core import config as cfg
+from memjax.core import system as system_lib
 from memjax.core import tasks
 from memjax.core import workdir as wd_lib
 from memjax.core import yardstick
@@ -176,8 +177,11 @@ def _train(config, workdir, *, progress, evaluate_at_end, stop_after, allow_conf
   if distributed.is_main():
     _start_files(workdir, config, changes, start, end)
 
-  loss_fn = precision.with_compute_dtype(system.loss, t.get("compute_dtype", "float32"))
-  step_fn = jax.jit(make_multi_step(make_train_step(loss_fn, tx)), donate_argnums=0)
+  dtype = t.get("compute_dtype", "float32")
+  # The frozen weights (System.frozen) enter as an argument, never as baked-in constants.
+  step_fn = jax.jit(lambda state, batches, frozen: make_multi_step(make_train_step(
+      precision.with_compute_dtype(system_lib.bind(system, frozen).loss, dtype), tx))(
+          state, batches), donate_argnums=0)
   writers = (_Writers(workdir, enabled=t.get("tensorboard", True), start=start)
              if distributed.is_main() else distributed.Silent())
   k = t.steps_per_call
@@ -191,7 +195,7 @@ def _train(config, workdir, *, progress, evaluate_at_end, stop_after, allow_conf
     while step < end:
       batches = jax.tree.map(lambda *b: np.stack(b), *itertools.islice(it, k))
       batches = distributed.to_global(batches, mesh, axis=1)
-      state, metrics = step_fn(state, batches)
+      state, metrics = step_fn(state, batches, system.frozen)
       step += k
       # Checked before any save below: a non-finite state never reaches the disk.
       if not bool(metrics["finite"]):

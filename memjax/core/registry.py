@@ -13,6 +13,7 @@ from memjax.core import config as cfg
 SYSTEMS = {
     "hrsa_trm": "memjax.hrsa.system:make_system",
     "then": "memjax.then.system:make_system",
+    "latentem": "memjax.latentem.system:make_system",
     "hrm": "memjax.hrrm.system:make_system",
     "hrrm_planner": "memjax.hrrm.system:make_system",
     "hrrm_reasoner": "memjax.hrrm.system:make_system",

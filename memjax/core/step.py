@@ -31,6 +31,8 @@ def make_train_step(loss_fn, tx: optax.GradientTransformation):
     finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
               & all_finite(opt_state))
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, finite=finite)
+    if type(grads) is dict:  # pylint: disable=unidiomatic-typecheck  (groups of a frozen+trained system)
+      metrics.update({f"grad_norm/{k}": optax.global_norm(g) for k, g in grads.items()})
     # Stateful streams: batch N's memory starts batch N+1, without a gradient path back.
     memory = jax.lax.stop_gradient(memory)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Iterator
 
 import jax
@@ -30,6 +31,10 @@ class System:
   a system without a memory leaves ingest None and is scored on `answer(params, batch, None)`.
   init_memory(batch_size) -> memory carried across batches (() when none); init_aux() -> aux.
   extra_results(params, batches) -> dict merged into results.json.
+  frozen: weights the system reads but never trains (a frozen pretrained reader), or None.
+      They stay out of params, so they get no gradient, no optimizer state and no checkpoint;
+      the loop and the yardstick pass them into their jitted functions as an argument (never a
+      baked-in constant) and every function above then receives them as `frozen=` (see `bind`).
   """
   init: Callable[[jax.Array], Params]
   loss: Callable[..., tuple[jax.Array, tuple[dict, Memory, Aux]]]
@@ -41,3 +46,14 @@ class System:
   extra_results: Callable[[Params, Iterator[Batch]], dict] | None = None
   stop_reason: str = "the system asked to stop"
   graphdef: Any = None
+  frozen: Any = dataclasses.field(default=None, compare=False)  # not hashed: a jit argument
+
+
+def bind(system: System, frozen: Any) -> System:
+  """The system with `frozen` (usually a tracer of `system.frozen`) passed as `frozen=` to its
+  functions; the system itself when it has no frozen weights."""
+  if system.frozen is None:
+    return system
+  part = lambda f: None if f is None else functools.partial(f, frozen=frozen)
+  return dataclasses.replace(system, loss=part(system.loss), answer=part(system.answer),
+                             ingest=part(system.ingest), oracle=part(system.oracle), frozen=None)

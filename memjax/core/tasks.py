@@ -16,6 +16,7 @@ TASKS = {
     "assoc_recall": "memjax.data.recall:AssocRecall",
     "passkey": "memjax.data.recall:Passkey",
     "kv_recall": "memjax.data.recall:KVRecall",
+    "latentem_kv": "memjax.latentem.task:LatentemKV",
     "pointer_roots": "memjax.hrrm.tasks:PointerRoots",
     "plan_traces": "memjax.hrrm.tasks:PlanTraces",
     "arith_scratchpad": "memjax.hrrm.tasks:ArithmeticScratchpad",

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from memjax.core import memory as memory_lib
+from memjax.core.system import bind
 
 MODES = ("memory", "zeroed", "shuffled", "no_memory", "oracle")
 KEYS = ("accuracy", "accuracy_memory_zeroed", "accuracy_memory_shuffled", "accuracy_no_memory",
@@ -53,7 +54,7 @@ def mode_outputs(system, params, batch) -> dict:
 
 @functools.lru_cache(maxsize=16)
 def _jitted_modes(system):
-  return jax.jit(functools.partial(mode_outputs, system))
+  return jax.jit(lambda params, batch, frozen: mode_outputs(bind(system, frozen), params, batch))
 
 
 def evaluate(system, params, batches: Iterable, chance: float) -> dict:
@@ -62,7 +63,7 @@ def evaluate(system, params, batches: Iterable, chance: float) -> dict:
   sums = {m: {"correct": 0.0, "count": 0.0, "loss": 0.0, "n": 0} for m in MODES}
   cosines = []
   for batch in batches:
-    for mode, out in fn(params, batch).items():
+    for mode, out in fn(params, batch, system.frozen).items():
       s = sums[mode]
       s["correct"] += float(out["correct"])
       s["count"] += float(out["count"])

@@ -1,0 +1,49 @@
+"""Latentem on digit-first KV recall: a compressor writes 8 latents from the removed part of the
+prompt; the frozen Gemma 3 270M (and, alongside, the same model with LoRA) reads them.
+
+  python experiments/train.py --config=configs/latentem_kv.py --workdir=/tmp/latentem
+  python experiments/eval_budget_sweep.py --workdir=/tmp/latentem
+
+Args (comma-separated): `tiny` (a tiny random reader, for tests), `prose` (the less-templated
+variant), `frozen` (train only the frozen-reader branch), `overfit` (overfit-one debug mode).
+Measured 2026-12-02, 2-core CPU shared with other jobs (load average 14-21): the run did not
+finish in time (10-30 s a step); stopped after its step-50 checkpoint (~30 min wall), evaluated
+on held-out episodes at budget 64: latent (LoRA reader) at chance, memory_cosine 0.998
+(collapsed); oracle (same LoRA reader, full prompt) 1.000; frozen-reader text oracle 1.000;
+discard 0.09-0.16. Targets (latent >= 0.9) NOT reached. Figures: BUILD_NOTES.md, Latentem.
+"""
+import ml_collections
+
+from memjax.core import config as cfg
+from memjax.latentem import system
+from memjax.latentem.task import LatentemKV
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = set((arg or "").split(",")) - {""}
+  c = ml_collections.ConfigDict()
+  c.model = system.defaults()
+  c.task = LatentemKV.defaults()
+  c.train = cfg.train_defaults()
+  c.train.update(steps=150, batch_size=8, lr=1e-3, warmup_steps=10, log_every=5,
+                 steps_per_call=5, checkpoint_every=25, eval_batches=2, eval_batch_size=32,
+                 weight_decay=0.0, clip_norm=5.0)
+  c.model.probe_weight = 0.3
+  # The frozen-reader branch trains in its own run (arg `frozen`): one reader per run keeps a
+  # step within this shared 2-core CPU's means.
+  c.model.update(readers=("lora",), train_kept=16, oracle_batch=2, encoder_reader_layers=2)
+  if "prose" in args:
+    c.task.update(variant="prose", removed_tokens=160)
+  if "frozen" in args:
+    c.model.readers = ("frozen",)
+  if "overfit" in args:
+    c.task.overfit_one = True
+  if "tiny" in args:
+    reader = "tiny:gemma3"
+    c.model.update(reader=reader, dim=32, layers=1, heads=2, encoder_reader_layers=1,
+                   probe_dim=32, lora_rank=2, oracle_batch=2, train_kept=0)
+    c.task.update(reader=reader, budget=96 if c.task.variant == "prose" else 48,
+                  removed_tokens=320 if c.task.variant == "prose" else 100)
+    c.train.update(steps=4, batch_size=4, warmup_steps=1, log_every=2, steps_per_call=2,
+                   checkpoint_every=2, eval_batches=1, eval_batch_size=8, tensorboard=False)
+  return c

@@ -1,0 +1,96 @@
+"""LatentCompressor: removed tokens -> K latent vectors in the reader's embedding space.
+
+    features_BxRxF (the frozen reader's embeddings, or its first layers' hidden states, of the
+    removed tokens; forward only) -> norm, linear to d, + learned positions
+    -> `layers` bidirectional transformer blocks (trainable)
+    -> K learned queries cross-attend to the encoded tokens (pooling by attention, never a mean),
+       with a learned query x position bias initialised to a locality prior (query k prefers the
+       k-th stretch of R/K tokens): at init, plain cross-attention with random queries is nearly
+       uniform, i.e. a mean pool, and every example's latents look alike (cosine ~0.9997
+       measured on Gemma 3 270M features); the prior gives each latent its own statements
+    -> MLP, linear to the reader's width, RMS-normalised and scaled to the reader's own
+       embedding scale -> latents_BxKxD
+
+The interface (features of the removed tokens and their mask in, K embeddings out) is the one a
+diffusion-style writer (noise refined over denoise steps, cross-attending to the same encoding)
+would keep, so one can stand in for the other.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from memjax.layers import Attention, GatedMLP, RMSNorm
+
+
+class EncoderBlock(nnx.Module):
+  """Pre-norm bidirectional self-attention + gated MLP over the removed tokens."""
+
+  def __init__(self, dim: int, heads: int, *, rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(dim)
+    self.attn = Attention(dim, heads, rope_theta=None, rngs=rngs)
+    self.mlp_norm = RMSNorm(dim)
+    self.mlp = GatedMLP(dim, 2 * dim, rngs=rngs)
+
+  def __call__(self, x_BxRxD, mask_BxR):
+    mask = mask_BxR[:, None, :] & mask_BxR[:, :, None]
+    x_BxRxD = x_BxRxD + self.attn(self.attn_norm(x_BxRxD), mask_BxTxS=mask)[0]
+    return x_BxRxD + self.mlp(self.mlp_norm(x_BxRxD))
+
+
+class LatentCompressor(nnx.Module):
+  """Removed-token features -> K latents (see the module docstring)."""
+
+  def __init__(self, feature_dim: int, out_dim: int, *, num_latents: int, dim: int, layers: int,
+               heads: int, max_len: int, out_scale: float, locality: float = 4.0,
+               rngs: nnx.Rngs):
+    self.in_norm = RMSNorm(feature_dim)
+    self.inp = nnx.Linear(feature_dim, dim, rngs=rngs)
+    self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (max_len, dim)))
+    self.blocks = nnx.List([EncoderBlock(dim, heads, rngs=rngs) for _ in range(layers)])
+    self.queries = nnx.Param(jax.random.normal(rngs.params(), (num_latents, dim)))
+    self.pool_norm = RMSNorm(dim)
+    self.ctx_norm = RMSNorm(dim)
+    self.heads = heads
+    kw = dict(use_bias=False, rngs=rngs)
+    self.pool_q, self.pool_k = nnx.Linear(dim, dim, **kw), nnx.Linear(dim, dim, **kw)
+    self.pool_v, self.pool_o = nnx.Linear(dim, dim, **kw), nnx.Linear(dim, dim, **kw)
+    chunk = jnp.arange(max_len) * num_latents // max_len
+    self.pool_bias = nnx.Param(jnp.where(chunk[None, :] == jnp.arange(num_latents)[:, None],
+                                         locality, 0.0))
+    self.mlp_norm = RMSNorm(dim)
+    self.mlp = GatedMLP(dim, 2 * dim, rngs=rngs)
+    self.out = nnx.Linear(dim, out_dim, rngs=rngs)
+    self.out_norm = RMSNorm(out_dim)
+    self.out_scale = nnx.Param(jnp.asarray(out_scale, jnp.float32))
+
+  def encode(self, features_BxRxF, mask_BxR):
+    r = features_BxRxF.shape[1]
+    x = self.inp(self.in_norm(features_BxRxF)) + self.pos[...][:r]
+    for block in self.blocks:
+      x = block(x, mask_BxR)
+    return x
+
+  def pooled(self, q_BxKxD, enc_BxRxD, mask_BxR):
+    """Multi-head cross-attention of the K queries over the R encoded tokens, plus pool_bias."""
+    b, k, d = q_BxKxD.shape
+    r, h = enc_BxRxD.shape[1], self.heads
+    q = self.pool_q(q_BxKxD).reshape(b, k, h, d // h)
+    kk = self.pool_k(enc_BxRxD).reshape(b, r, h, d // h)
+    v = self.pool_v(enc_BxRxD).reshape(b, r, h, d // h)
+    s = jnp.einsum("bkhd,brhd->bhkr", q, kk) * (d // h) ** -0.5 + self.pool_bias[...][:, :r]
+    s = jnp.where(mask_BxR[:, None, None, :], s, -1e30)
+    y = jnp.einsum("bhkr,brhd->bkhd", jax.nn.softmax(s, -1), v).reshape(b, k, d)
+    return self.pool_o(y)
+
+  def __call__(self, features_BxRxF: jax.Array, mask_BxR: jax.Array | None = None) -> jax.Array:
+    b, r, _ = features_BxRxF.shape
+    if mask_BxR is None:
+      mask_BxR = jnp.ones((b, r), bool)
+    enc = self.encode(features_BxRxF, mask_BxR)
+    q = jnp.broadcast_to(self.queries[...], (b,) + self.queries.shape)
+    # No residual from the queries: they are the same for every example, and would dominate.
+    h = self.pooled(self.pool_norm(q), self.ctx_norm(enc), mask_BxR)
+    h = h + self.mlp(self.mlp_norm(h))
+    return self.out_norm(self.out(h)) * self.out_scale[...]

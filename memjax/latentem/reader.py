@@ -1,0 +1,75 @@
+"""The reader: a pretrained decoder as pure functions of its frozen weights and LoRA adapters.
+
+The frozen weights are a pytree held outside the trained params (System.frozen); LoRA adapters
+(memjax.layers.lora) are merged into them inside the jitted function, so an adapter's gradient
+flows through the merged kernel and the frozen weights get none.
+
+The reader answers with the ten digit tokens' logits at the last position (the prompt ends
+right before the digit); accuracy is the argmax over those ten, the loss their cross-entropy.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from memjax.layers import lora as lora_lib
+
+
+class Reader:
+
+  def __init__(self, pretrained, digit_ids, *, lora_scale: float = 1.0):
+    self.graphdef, self.frozen = nnx.split(pretrained.model)
+    self.config = pretrained.config
+    self.dim = pretrained.config.dim
+    self.bos = pretrained.tokenizer.bos_id
+    self.digit_ids = tuple(int(i) for i in digit_ids)
+    self.lora_scale = lora_scale
+
+  def model(self, frozen, adapters=None):
+    state = frozen if not adapters else lora_lib.merge(frozen, adapters, self.lora_scale)
+    return nnx.merge(self.graphdef, state)
+
+  def embed(self, frozen, ids_BxT):
+    return nnx.merge(self.graphdef, frozen).embed(ids_BxT)
+
+  def features(self, frozen, ids_BxT, layers: int):
+    """Hidden states of the frozen reader after its first `layers` blocks (0: embeddings),
+    forward only (no gradient flows into them)."""
+    m = nnx.merge(self.graphdef, frozen)
+    x = m.embed(ids_BxT)
+    if layers:
+      b, t = ids_BxT.shape
+      pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+      g, st = nnx.split(m.blocks)
+      per_layer = (jax.tree.map(lambda a: a[:layers], st),
+                   jnp.asarray(m.windows[:layers], jnp.int32),
+                   jnp.asarray(m.thetas[:layers], jnp.float32),
+                   jnp.asarray(m.rope_scales[:layers], jnp.float32))
+
+      def body(x, xs):
+        s, window, theta, scale = xs
+        return nnx.merge(g, s)(x, pos, window, theta, scale)[0], None
+      x, _ = jax.lax.scan(body, x, per_layer)
+    return jax.lax.stop_gradient(x)
+
+  def bos_embeds(self, frozen, batch: int):
+    return self.embed(frozen, jnp.full((batch, 1), self.bos, jnp.int32))
+
+  def digit_logits(self, frozen, adapters, embeds_BxTxD):
+    """B x 10 float32 logits of the digit tokens after the last input position."""
+    m = self.model(frozen, adapters)
+    h, _ = m(embeds_BxTxD=embeds_BxTxD)
+    w = m.output_embedding()[jnp.asarray(self.digit_ids)]
+    logits = jnp.einsum("bd,nd->bn", h[:, -1].astype(w.dtype), w,
+                        preferred_element_type=jnp.float32)
+    cap = self.config.final_logit_softcap
+    return jnp.tanh(logits / cap) * cap if cap else logits
+
+
+def scores(logits_Bx10, answer_B):
+  """(loss, correct, count, per-example log p(answer)) of digit logits against the answers."""
+  logp = jax.nn.log_softmax(logits_Bx10, -1)
+  lp = jnp.take_along_axis(logp, answer_B[:, None], -1)[:, 0]
+  correct = (jnp.argmax(logits_Bx10, -1) == answer_B).sum().astype(jnp.float32)
+  return -lp.mean(), correct, jnp.asarray(answer_B.shape[0], jnp.float32), lp

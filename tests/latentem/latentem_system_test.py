@@ -1,0 +1,127 @@
+"""The compressor, the reader injection, the debug switches and the one-line config errors."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import latentem_kv
+from memjax.core import loop
+from memjax.core import tasks
+from memjax.core.config import ConfigError
+from memjax.latentem import reader_loading
+from memjax.latentem import system as system_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _config(**model):
+  c = latentem_kv.get_config("tiny")
+  c.model.update(**model)
+  return c
+
+
+@pytest.fixture(scope="module")
+def built():
+  c = _config(readers=("lora",), aux_losses=("probe",))
+  task = tasks.make_task(c.task)
+  lt = system_lib.Latentem(c, task)
+  params = lt.init(jax.random.key(0))
+  # LoRA B non-zero, so the adapted reader differs from the frozen one.
+  params["lora_adapters"] = jax.tree.map(lambda x: x + 0.05, params["lora_adapters"])
+  batch = next(iter(task.batches("eval", 4, 0)))
+  return c, task, lt, params, batch
+
+
+def _latents(lt, params, removed):
+  return np.asarray(jax.jit(lambda p, r, f: lt.latents(p, "lora", f, r))(params, removed, lt.frozen))
+
+
+def test_latents_depend_on_the_removed_statements_not_the_question(built):
+  c, task, lt, params, batch = built
+  base = _latents(lt, params, batch["removed"])
+  assert base.shape == (4, c.model.num_latents, lt.reader.dim)
+  # One statement's digit changed -> the latents change (for that example only).
+  removed = np.array(batch["removed"])
+  digit_pos = [i for i, t in enumerate(removed[0]) if t in task.digit_ids]
+  t = removed[0, digit_pos[0]]
+  removed[0, digit_pos[0]] = task.digit_ids[(task.digit_ids.index(t) + 1) % 10]
+  changed = _latents(lt, params, removed)
+  assert np.abs(changed[0] - base[0]).max() > 1e-4
+  np.testing.assert_array_equal(changed[1:], base[1:])
+  # The compressor never sees the question: another question, the same memory.
+  other = dict(batch, kept=np.roll(batch["kept"], 1, axis=0), answer=np.roll(batch["answer"], 1))
+  mem = jax.jit(lambda p, b, f: lt.ingest(p, b, frozen=f, branch="lora"))(params, other, lt.frozen)
+  np.testing.assert_array_equal(np.asarray(mem.latents_BxKxD), base)
+
+
+@pytest.mark.parametrize("branch", ["lora", "frozen"])
+def test_injected_embeddings_of_the_asked_statement_give_the_text_answer(built, branch):
+  c, task, lt, params, batch = built
+  # The asked statement's own token embeddings as the memory == the summary read as text.
+  stmts = [task.statement(int(k), int(d)) for k, d in zip(batch["asked_key"], batch["answer"])]
+  n = len(stmts[0])
+  assert all(len(s) == n for s in stmts)
+  ids = jnp.asarray(stmts, jnp.int32)
+  kept = jnp.asarray(batch["summary"])[:, n:]
+
+  @jax.jit
+  def both(p, f):
+    lat = lt.reader.embed(f, ids)
+    injected = lt.read_memory(p, branch, f, kept, lat)
+    text = lt.read_text(p, branch, f, jnp.concatenate([ids, kept], 1), bos=True)
+    return injected, text, lt.summary(p, {"summary": batch["summary"], "answer": batch["answer"]},
+                                      frozen=f, branch=branch)
+  injected, text, summary = both(params, lt.frozen)
+  np.testing.assert_allclose(injected, text, rtol=1e-5, atol=1e-5)
+  correct = float((np.asarray(injected).argmax(-1) == batch["answer"]).sum())
+  assert correct == float(summary["correct"])
+
+
+def test_debug_switches_run_and_report(tmp_path):
+  c = _config(readers=("lora", "frozen"), aux_losses=("probe", "contrastive", "reconstruction"),
+              soft_prompt=2)
+  c.model.debug.update(update_check=True, grad_check=True)
+  c.task.overfit_one = True
+  c.train.update(steps=4, steps_per_call=2, log_every=2, checkpoint_every=0)
+  out = loop.train(c, str(tmp_path), progress=False, evaluate_at_end=False)
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  last = lines[-1]
+  for k in ("lora/memory_cosine", "frozen/memory_cosine", "lora/grad_norm_at_latents",
+            "frozen/grad_norm_at_latents", "grad_norm/lora_compressor",
+            "grad_norm/frozen_compressor", "lora/loss_contrastive", "lora/loss_reconstruction",
+            "lora/loss_probe", "lora/loss_oracle"):
+    assert k in last and np.isfinite(last[k]), k
+  assert last["update/reader_checksum"] == 0.0          # the reader's weights never move
+  assert last["update/lora_compressor"] > 0 and last["update/frozen_compressor"] > 0
+  assert last["update/lora_adapters"] > 0               # LoRA trains
+  assert last["lora/memory_cosine"] > 0.999             # overfit-one: one episode repeated
+  assert "frozen_adapters" not in out["state"].params   # the frozen branch has no adapter
+
+
+def test_bad_config_is_one_line_error():
+  with pytest.raises(ConfigError, match="model.num_latents"):
+    loop.validate(_config(num_latents=60))
+  with pytest.raises(ConfigError, match="unknown auxiliary loss 'mse'"):
+    loop.validate(_config(aux_losses=("mse",)))
+
+  class NoEmbeds:
+    def __call__(self, tokens_BxT):
+      return tokens_BxT
+  with pytest.raises(ConfigError, match="does not take input embeddings"):
+    reader_loading.check_reader(NoEmbeds())
+  reader_loading.check_reader(reader_loading.load("tiny:gemma3").model)
+
+
+def test_binary_exits_2_with_one_line():
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  r = subprocess.run([sys.executable, "experiments/train.py",
+                      "--config=configs/latentem_kv.py:tiny", "--workdir=/tmp/latentem_bad",
+                      "--config.model.aux_losses=('recon',)"], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert r.stderr.strip().splitlines()[-1].startswith("error: model.aux_losses: unknown auxiliary")

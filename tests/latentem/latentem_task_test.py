@@ -1,0 +1,97 @@
+"""The KV task: disjoint train/eval bindings, the asked statement in the removed part,
+determinism, the tokenizer check."""
+import numpy as np
+import pytest
+
+from memjax.core.config import ConfigError
+from memjax.latentem import task as task_lib
+from memjax.pretrained import tiny_tokenizer
+
+
+def _task(variant="templated", **kw):
+  c = task_lib.LatentemKV.defaults()
+  prose = variant == "prose"
+  c.update(reader="tiny:gemma3", variant=variant, budget=96 if prose else 48,
+           removed_tokens=320 if prose else 100)
+  c.update(**kw)
+  return task_lib.LatentemKV(c)
+
+
+@pytest.mark.parametrize("variant", task_lib.VARIANTS)
+def test_train_and_eval_bindings_are_disjoint(variant):
+  t = _task(variant)
+  pairs = {}
+  for split in ("train", "eval"):
+    seen = set()
+    for i in range(60):
+      e = t.example_at(split, 0, i)
+      seen |= set(zip(e["slot_keys"].tolist(), e["slot_digits"].tolist()))
+      seen.add((int(e["asked_key"]), int(e["answer"])))
+    pairs[split] = seen
+  assert pairs["train"] and pairs["eval"]
+  assert not pairs["train"] & pairs["eval"]
+  assert all(not task_lib.is_eval_pair(k, d) for k, d in pairs["train"])
+  assert all(task_lib.is_eval_pair(k, d) for k, d in pairs["eval"])
+
+
+@pytest.mark.parametrize("variant", task_lib.VARIANTS)
+def test_asked_statement_is_removed_and_layout_fixed(variant):
+  t = _task(variant)
+  tok = t.tokenizer
+  for i in range(20):
+    e = t.example_at("eval", 3, i)
+    assert e["removed"].shape == (t.removed_tokens,) and e["kept"].shape == (t.budget,)
+    np.testing.assert_array_equal(e["full"], np.concatenate([e["removed"], e["kept"]]))
+    assert e["whole_removed"] >= 8
+    name = t.key_name(int(e["asked_key"]))
+    removed, kept = tok.decode(e["removed"]), tok.decode(e["kept"])
+    assert name in removed
+    assert kept.count(name) == 1 and kept.rstrip().endswith(("=", "Answer:"))  # the question
+    assert e["slot_keys"][e["asked_slot"]] == e["asked_key"]
+    assert e["slot_digits"][e["asked_slot"]] == e["answer"]
+    assert tok.decode(e["summary"]).count(name) == 2  # the statement, then the question
+
+
+def test_examples_are_deterministic():
+  a, b = _task(), _task()
+  for i in range(3):
+    x, y = a.example_at("train", 7, i), b.example_at("train", 7, i)
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  assert not np.array_equal(a.example_at("train", 7, 0)["full"], a.example_at("eval", 7, 0)["full"])
+
+
+def test_overfit_one_repeats_one_episode():
+  t = _task(overfit_one=True)
+  np.testing.assert_array_equal(t.example_at("train", 0, 0)["full"], t.example_at("train", 0, 5)["full"])
+
+
+class _MergingTokenizer:
+  """A tokenizer that fuses ' 8' into one token: not the split the task assumes."""
+
+  def __init__(self):
+    self.inner = tiny_tokenizer()
+
+  def encode(self, text):
+    ids = self.inner.encode(text)
+    out, i = [], 0
+    sp, eight = self.inner.encode(" ")[0], self.inner.encode("8")[0]
+    while i < len(ids):
+      if ids[i] == sp and i + 1 < len(ids) and ids[i + 1] == eight:
+        out.append(383)
+        i += 2
+      else:
+        out.append(ids[i])
+        i += 1
+    return out
+
+
+def test_tokenizer_splitting_digits_differently_is_a_config_error():
+  assert len(task_lib.check_tokenizer(tiny_tokenizer(), "prose")) == 10
+  with pytest.raises(ConfigError, match="splits digits differently"):
+    task_lib.check_tokenizer(_MergingTokenizer(), "templated")
+
+
+def test_removed_part_too_small_is_a_config_error():
+  with pytest.raises(ConfigError, match="task.removed_tokens"):
+    _task(removed_tokens=40)
