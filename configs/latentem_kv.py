@@ -21,6 +21,10 @@ from memjax.latentem.task import LatentemKV
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = set((arg or "").split(",")) - {""}
+  unknown = args - {"prose", "frozen", "overfit", "tiny"}
+  if unknown:
+    raise ValueError(f"configs/latentem_kv.py:ARGS takes prose, frozen, overfit, tiny "
+                     f"(comma-separated), got {sorted(unknown)}")
   c = ml_collections.ConfigDict()
   c.model = system.defaults()
   c.task = LatentemKV.defaults()

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from memjax.core import registry
+from memjax.core import system as system_lib
 from memjax.core import tasks
 from memjax.core import yardstick
 
@@ -24,6 +25,7 @@ CONFIGS = {
     "hrrm_planner": ("hrrm_planner", "tiny"),
     "hrrm_reasoner": ("hrrm_reasoner", "tiny"),
     "hrrm_memory": ("titans_recall", "tiny"),
+    "latentem": ("latentem_kv", "tiny"),
 }
 WITHOUT_MEMORY = {"hrm", "hrrm_planner", "hrrm_reasoner"}
 
@@ -37,6 +39,7 @@ def _build(name, batch_size):
   c = importlib.import_module(f"configs.{module}").get_config(variant)
   task = tasks.make_task(c.task)
   system = registry.make_system(c, task)
+  system = system_lib.bind(system, system.frozen)   # frozen weights, where a system has them
   batch = jax.tree.map(jnp.asarray, next(iter(task.batches("eval", batch_size, 0))))
   return system, system.init(jax.random.key(0)), batch
 
