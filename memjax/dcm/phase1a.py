@@ -78,12 +78,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
               f"train.data_parallel={data_par}")
   for f, keys in (("oracle.question_template", ("context",)),
                   ("oracle.answer_template", ("context", "question"))):
-    t = cfg.get(config, f)
+    template = cfg.get(config, f)
     try:
-      t.format(context="c", question="q", answer="a")
+      template.format(context="c", question="q", answer="a")
     except (KeyError, IndexError, AttributeError, ValueError) as e:
-      raise cfg.ConfigError(f"{f}: bad template {t!r} ({e})") from None
-    cfg.require("{answer}" not in t, f, "must not contain the answer")
+      raise cfg.ConfigError(f"{f}: bad template {template!r} ({e})") from None
+    cfg.require("{answer}" not in template, f, "must not contain the answer")
   for f in ("stm.mode_q_text", "stm.mode_a_text"):
     cfg.require(isinstance(cfg.get(config, f), str) and cfg.get(config, f).strip() != "", f,
                 "must be a non-empty string")
