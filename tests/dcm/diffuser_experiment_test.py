@@ -3,6 +3,8 @@ import importlib.util
 import json
 import os
 
+import pytest
+
 from memjax.core import yardstick
 from memjax.dcm import diffuser_experiment as dx
 
@@ -25,6 +27,7 @@ def test_held_out_contexts_never_occur_in_training():
   assert len({(e.context, e.question) for e in test}) > 90     # a varied held-out set
 
 
+@pytest.mark.slow   # ~60 s; .ci/run runs it after the default suite
 def test_tiny_run_writes_the_yardstick_and_the_cost_table(tmp_path):
   r = dx.run(tiny_config(), str(tmp_path), log=lambda *_: None)
   with open(tmp_path / "results.json") as f:
