@@ -34,6 +34,15 @@ class ThenState:
   shift_BxWxD: jax.Array         # token-shift tail: the last inputs of the previous segment
 
 
+@flax.struct.dataclass
+class Window:
+  """Traces brought back from the host/disk tiers for one segment (memjax.then.tiers): read in
+  the same softmax as the ring buffer (no positions on traces), never written."""
+  keys_BxLxRxKxD: jax.Array      # R = retrieved traces (top_k blocks x block)
+  values_BxLxRxKxD: jax.Array
+  valid_BxR: jax.Array
+
+
 @dataclasses.dataclass(frozen=True)
 class ThenConfig:
   """The THEN model, built from `config.model` (memjax.core.config.typed)."""
@@ -99,18 +108,34 @@ class ThenLM(nnx.Module):
     self.head = nnx.Linear(m.dim, vocab, use_bias=False, rngs=rngs)
     self.remat = m.remat
 
-  def __call__(self, tokens_BxS, state: ThenState, *, read: bool = True):
-    """Returns (logits, keys_BxLxSxKxD, values_BxLxSxKxD, shift tail)."""
+  def __call__(self, tokens_BxS, state: ThenState, *, read: bool = True,
+               window: Window | None = None):
+    """Returns (logits, keys_BxLxSxKxD, values_BxLxSxKxD, shift tail). A `window` of retrieved
+    traces is read with the ring buffer, in one softmax."""
     x, tail = self.shift(self.embed(tokens_BxS), state.shift_BxWxD)
     t = state.traces
+    mem_k, mem_v, valid = t.keys_BxLxCxKxD, t.values_BxLxCxKxD, t.valid_BxC
+    if window is not None:
+      mem_k = jnp.concatenate([mem_k, window.keys_BxLxRxKxD.astype(mem_k.dtype)], 2)
+      mem_v = jnp.concatenate([mem_v, window.values_BxLxRxKxD.astype(mem_v.dtype)], 2)
+      valid = jnp.concatenate([valid, window.valid_BxR], 1)
     ks, vs = [], []
     call = lambda blk, *a: blk(*a, read=read)
     call = remat(call, self.remat)   # same values; activations recomputed in the backward
     for i, block in enumerate(self.blocks):
-      x, k, v = call(block, x, t.keys_BxLxCxKxD[:, i], t.values_BxLxCxKxD[:, i], t.valid_BxC)
+      x, k, v = call(block, x, mem_k[:, i], mem_v[:, i], valid)
       ks.append(k)
       vs.append(v)
     return self.head(self.norm(x)), jnp.stack(ks, 1), jnp.stack(vs, 1), tail
+
+  def address(self, tokens_BxT, shift_BxWxD):
+    """The first layer's queries BxTxHxD: they depend on the tokens and the shift tail only
+    (not on the memory), so a whole stream's can be computed before any segment runs."""
+    x, _ = self.shift(self.embed(tokens_BxT), shift_BxWxD)
+    b, t = tokens_BxT.shape
+    pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    blk = self.blocks[0]
+    return blk.attn.attn.qkv(blk.norm1(x), pos)[0]
 
 
 def validate(config) -> None:
@@ -177,6 +202,44 @@ class ThenModel:
 
   def ingest(self, params, state, tokens_BxT):
     return self.run(params, state, tokens_BxT)[1]
+
+  # Tiered memory (memjax.then.tiers): the device part, pure; the host part is outside jit.
+
+  @property
+  def writes_per_segment(self) -> int:
+    return self.m.write_last if self.m.write == "last" else self.segment_len
+
+  def step(self, params, state: ThenState, window: Window | None, tokens_BxS):
+    """One segment over L1 (the ring buffer) plus a retrieved window -> (logits, state, evicted).
+    `evicted` = (keys_BxLxNxKxD, values, valid_BxN): the L1 traces this segment's write
+    overwrites, oldest first (N = traces written per segment), for the host tiers."""
+    n, c = self.writes_per_segment, self.m.capacity
+    assert n <= c, f"a segment writes {n} traces, more than the ring buffer's {c}"
+    model = nnx.merge(self.graphdef, params)
+    t = state.traces
+    slots_BxN = (t.cursor_B[:, None] + jnp.arange(n)) % c
+    take = lambda a: jnp.take_along_axis(a, slots_BxN[:, None, :, None, None], 2)
+    evicted = (take(t.keys_BxLxCxKxD), take(t.values_BxLxCxKxD),
+               jnp.take_along_axis(t.valid_BxC, slots_BxN, 1))
+    logits, k, v, tail = model(tokens_BxS, state, read=self.m.read_memory, window=window)
+    if self.m.write == "last":
+      k, v = k[:, :, -n:], v[:, :, -n:]
+    return logits, ThenState(traces_lib.write(t, k, v), tail), evicted
+
+  def ingest_chunk(self, params, state: ThenState, tokens_BxT):
+    """Many segments in one scan, reading L1 only -> (state, evicted stacked on a leading
+    segment axis). Equal to `step` with every retrieval for models whose traces do not depend on
+    what they read (one layer: layer 0's keys/values come from the tokens and the shift)."""
+    segs = tbptt.split_segments(tokens_BxT, self.segment_len)
+
+    def body(state, seg):
+      _, state, evicted = self.step(params, state, None, seg)
+      return state, evicted
+
+    return jax.lax.scan(body, state, segs)
+
+  def address(self, params, shift_BxWxD, tokens_BxT):
+    return nnx.merge(self.graphdef, params).address(tokens_BxT, shift_BxWxD)
 
   def query(self, params, state, tokens_BxS, *, incognito: bool = False):
     """-> (logits, state). Incognito answers from the state and returns it unchanged, whole

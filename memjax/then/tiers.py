@@ -1,0 +1,252 @@
+"""THEN's host and disk tiers: L2 host RAM and L3 memory-mapped disk, with direct addressing.
+
+L1 is the on-device ring buffer the model attends over (memjax.then.traces). The traces a
+segment's write overwrites in L1 (`ThenModel.step` returns them, oldest first) come here as
+one block per segment:
+
+  L2  host RAM (numpy), the newest `l2_blocks` blocks, a ring;
+  L3  one append-only file per batch row, `<directory>/l3-<row>.bin`, read through np.memmap;
+      a block leaves L2 for L3 when L2 is full, so L3 holds blocks 0 .. n_l3-1 in order.
+
+Every block keeps a summary key in RAM: the mean of its first layer's keys per kv head. A row
+also keeps the running mean of every key it stored. Addressing: a segment's first-layer queries
+score every block by sum over heads of max over queries of q . (block mean - running mean), and
+the top-k blocks are read back into a retrieval window. Centering removes what every block
+shares (on the recall task: the filler), so a block scores by how it differs from the stream's
+typical trace; with the uncentered mean the pair block of the trained then_recall model ranked
+first for 3% of streams 24 segments long, centered for 100% (BUILD_NOTES.md). The summaries are
+not learned. k large enough to fetch every block gives exactly the traces L1 evicted (the
+equivalence tests).
+
+The tiers hold numpy arrays and files: they live outside jit. The whole batch advances in
+lockstep (every row stores the same number of blocks); a row's traces are read only by that row
+(`rows` permutes which row's tiers a batch row reads: the yardstick's shuffled memory).
+
+`save()` writes L2, summaries and counters to `<directory>/tiers.npz` atomically (temporary,
+fsync, rename, fsync of the directory); `Tiers.open(directory, ...)` restores them, checks the
+dims and the L3 files, and drops bytes an interrupted append left past the saved end.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from memjax.core.config import ConfigError
+
+STATE = "tiers.npz"
+TMP_PREFIX = ".tmp-"
+
+
+class TierError(ConfigError):
+  """A missing, damaged or mismatched tier file: one line, exit 2."""
+
+
+def _fsync_dir(path: str) -> None:
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+class Tiers:
+  """L2 (RAM) and L3 (disk) traces of a batch of B streams, blocks of `block` traces."""
+
+  def __init__(self, directory: str, *, batch: int, layers: int, kv_heads: int, head_dim: int,
+               block: int, l2_blocks: int, dtype=np.float32):
+    if l2_blocks < 1 or block < 1:
+      raise TierError(f"tiers: block={block} and l2_blocks={l2_blocks} must be >= 1")
+    self.dir = directory
+    os.makedirs(directory, exist_ok=True)
+    for f in os.listdir(directory):
+      if f.startswith(TMP_PREFIX):   # a save a kill interrupted
+        os.remove(os.path.join(directory, f))
+    self.batch, self.layers, self.kv_heads, self.head_dim = batch, layers, kv_heads, head_dim
+    self.block, self.l2_blocks, self.dtype = block, l2_blocks, np.dtype(dtype)
+    self.block_shape = (layers, block, kv_heads, head_dim)
+    self.block_bytes = 2 * int(np.prod(self.block_shape)) * self.dtype.itemsize   # keys, values
+    self.l2_k = np.zeros((batch, l2_blocks) + self.block_shape, self.dtype)
+    self.l2_v = np.zeros_like(self.l2_k)
+    self.n_blocks = 0
+    self._summary = np.zeros((batch, 16, kv_heads, head_dim), np.float32)   # grows by doubling
+    self._valid = np.zeros((batch, 16, block), bool)
+    self.key_sum = np.zeros((batch, kv_heads, head_dim), np.float64)   # of every stored key
+    self.key_count = np.zeros((batch,), np.int64)
+    self._maps: list = [None] * batch
+
+  # -- layout -------------------------------------------------------------------------------
+
+  @property
+  def n_l3(self) -> int:
+    return max(0, self.n_blocks - self.l2_blocks)
+
+  def l3_path(self, row: int) -> str:
+    return os.path.join(self.dir, f"l3-{row}.bin")
+
+  def nbytes_ram(self) -> int:
+    return self.l2_k.nbytes + self.l2_v.nbytes + self._summary.nbytes + self._valid.nbytes
+
+  def _grow(self, n: int) -> None:
+    if n > self._summary.shape[1]:
+      size = max(n, 2 * self._summary.shape[1])
+      pad = lambda a: np.concatenate(
+          [a, np.zeros((a.shape[0], size - a.shape[1]) + a.shape[2:], a.dtype)], 1)
+      self._summary, self._valid = pad(self._summary), pad(self._valid)
+
+  # -- writing ------------------------------------------------------------------------------
+
+  def append(self, keys_BxLxNxKxD, values_BxLxNxKxD, valid_BxN) -> bool:
+    """Stores one block of evicted traces (N = block) for every row; a block with no valid
+    trace in any row (L1 not yet full) is not stored. -> whether a block was stored."""
+    valid_BxN = np.asarray(valid_BxN, bool)
+    if not valid_BxN.any():
+      return False
+    k = np.asarray(keys_BxLxNxKxD, self.dtype)
+    v = np.asarray(values_BxLxNxKxD, self.dtype)
+    if k.shape != (self.batch,) + self.block_shape or v.shape != k.shape:
+      raise TierError(f"tiers: a block is {list(k.shape)}, these tiers hold "
+                      f"{[self.batch] + list(self.block_shape)}")
+    j = self.n_blocks
+    slot = j % self.l2_blocks
+    if j >= self.l2_blocks:   # L2 full: its oldest block (j - l2_blocks) goes to L3, in order
+      self._write_l3(slot)
+    self.l2_k[:, slot], self.l2_v[:, slot] = k, v
+    self._grow(j + 1)
+    w = valid_BxN[:, :, None, None]
+    total = (k[:, 0] * w).sum(1)
+    self._summary[:, j] = total / np.maximum(valid_BxN.sum(1), 1)[:, None, None]
+    self.key_sum += total
+    self.key_count += valid_BxN.sum(1)
+    self._valid[:, j] = valid_BxN
+    self.n_blocks = j + 1
+    return True
+
+  def _write_l3(self, slot: int) -> None:
+    for row in range(self.batch):
+      with open(self.l3_path(row), "ab") as f:
+        f.write(self.l2_k[row, slot].tobytes())
+        f.write(self.l2_v[row, slot].tobytes())
+
+  # -- reading ------------------------------------------------------------------------------
+
+  def _l3_block(self, row: int, j: int):
+    m = self._maps[row]
+    if m is None or m.shape[0] <= j:   # the file grew since it was mapped
+      m = self._maps[row] = np.memmap(self.l3_path(row), self.dtype, mode="r",
+                                      shape=(self.n_l3, 2) + self.block_shape)
+    return m[j, 0], m[j, 1]
+
+  def read_block(self, row: int, j: int):
+    """(keys LxNxKxD, values, valid N) of block j of a row, from L2 or L3."""
+    if not 0 <= j < self.n_blocks:
+      raise IndexError(f"block {j} of {self.n_blocks}")
+    if j >= self.n_l3:
+      slot = j % self.l2_blocks
+      return self.l2_k[row, slot], self.l2_v[row, slot], self._valid[row, j]
+    k, v = self._l3_block(row, j)
+    return k, v, self._valid[row, j]
+
+  def scores(self, q_BxSxHxD, rows=None) -> np.ndarray:
+    """B x n_blocks: per block, the sum over query heads of the best query's dot product with
+    the block's summary key minus the row's running mean key (its kv head's)."""
+    return self.scores_of(q_BxSxHxD, np.arange(self.n_blocks), rows)
+
+  def scores_of(self, q_BxSxHxD, ids, rows=None) -> np.ndarray:
+    """B x len(ids): `scores` of the blocks `ids` only."""
+    q = np.asarray(q_BxSxHxD, np.float32)
+    b, s, h, d = q.shape
+    q = q.reshape(b, s, self.kv_heads, h // self.kv_heads, d)
+    mean = self.key_sum / np.maximum(self.key_count, 1)[:, None, None]
+    summ = self._summary[:, np.asarray(ids, int)] - mean[:, None].astype(np.float32)
+    if rows is not None:
+      summ = summ[np.asarray(rows)]
+    dots = np.einsum("bskgd,bnkd->bnskg", q, summ)
+    return dots.max(2).sum((2, 3))
+
+  def gather(self, ids_BxK, width: int, rows=None):
+    """Direct addressing: the window (keys BxLxRxKxD, values, valid BxR) holding, per row, the
+    blocks ids_BxK[row] (of tier row rows[row]), padded with invalid slots to `width` blocks."""
+    r = width * self.block
+    keys = np.zeros((self.batch, self.layers, r, self.kv_heads, self.head_dim), self.dtype)
+    values = np.zeros_like(keys)
+    valid = np.zeros((self.batch, r), bool)
+    for b in range(self.batch):
+      src = b if rows is None else int(rows[b])
+      for i, j in enumerate(ids_BxK[b]):
+        k, v, ok = self.read_block(src, int(j))
+        sl = slice(i * self.block, (i + 1) * self.block)
+        keys[b, :, sl], values[b, :, sl], valid[b, sl] = k, v, ok
+    return keys, values, valid
+
+  # -- persistence --------------------------------------------------------------------------
+
+  def meta(self) -> np.ndarray:
+    return np.array([self.batch, self.layers, self.kv_heads, self.head_dim, self.block,
+                     self.l2_blocks], np.int64)
+
+  def save(self) -> str:
+    """L2, summaries, validity and counters to tiers.npz, atomically (L3 is on disk already)."""
+    for row in range(self.batch):   # L3 appends reach the disk before the state names them
+      if self.n_l3:
+        with open(self.l3_path(row), "rb+") as f:
+          os.fsync(f.fileno())
+    fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=TMP_PREFIX)
+    try:
+      with os.fdopen(fd, "wb") as f:
+        np.savez(f, meta=self.meta(), dtype=np.array(self.dtype.str), n_blocks=self.n_blocks,
+                 l2_k=self.l2_k, l2_v=self.l2_v, summary=self._summary[:, :self.n_blocks],
+                 valid=self._valid[:, :self.n_blocks], key_sum=self.key_sum,
+                 key_count=self.key_count)
+        f.flush()
+        os.fsync(f.fileno())
+      path = os.path.join(self.dir, STATE)
+      os.replace(tmp, path)
+    except BaseException:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+      raise
+    _fsync_dir(self.dir)
+    return path
+
+  @classmethod
+  def open(cls, directory: str, **dims) -> "Tiers":
+    """The tiers saved in `directory`, for these dims (batch, layers, kv_heads, head_dim,
+    block, l2_blocks); empty tiers when nothing was saved there yet."""
+    t = cls(directory, **dims)
+    path = os.path.join(directory, STATE)
+    if not os.path.exists(path):
+      if any(f.startswith("l3-") for f in os.listdir(directory)):
+        raise TierError(f"{directory}: L3 files without {STATE}: not tiers this code saved")
+      return t
+    try:
+      with np.load(path) as f:
+        meta, dtype, n = f["meta"], str(f["dtype"]), int(f["n_blocks"])
+        l2_k, l2_v, summ, valid = f["l2_k"], f["l2_v"], f["summary"], f["valid"]
+        key_sum, key_count = f["key_sum"], f["key_count"]
+    except Exception as e:  # a damaged zip, a missing key: say which file
+      raise TierError(f"{path}: unreadable tier file ({type(e).__name__})") from None
+    if meta.tolist() != t.meta().tolist() or dtype != t.dtype.str:
+      raise TierError(f"{path}: written for dims {meta.tolist()} {dtype}, these tiers are "
+                      f"{t.meta().tolist()} {t.dtype.str} (batch, layers, kv_heads, head_dim, "
+                      f"block, l2_blocks)")
+    if (l2_k.shape != t.l2_k.shape or l2_v.shape != t.l2_k.shape
+        or summ.shape != (t.batch, n, t.kv_heads, t.head_dim) or valid.shape != (t.batch, n, t.block)
+        or key_sum.shape != t.key_sum.shape or key_count.shape != t.key_count.shape):
+      raise TierError(f"{path}: its arrays do not match its dims")
+    t.n_blocks = n
+    want = t.n_l3 * t.block_bytes
+    for row in range(t.batch):
+      p = t.l3_path(row)
+      have = os.path.getsize(p) if os.path.exists(p) else 0
+      if have < want:
+        raise TierError(f"{p}: {have} bytes, the saved tiers need {want} (missing or truncated)")
+      if have > want:   # an append after the last save (a kill before the next): not ours yet
+        with open(p, "rb+") as f:
+          f.truncate(want)
+    t.l2_k[...], t.l2_v[...] = l2_k, l2_v
+    t._grow(n)
+    t._summary[:, :n], t._valid[:, :n] = summ, valid
+    t.key_sum[...], t.key_count[...] = key_sum, key_count
+    return t
