@@ -25,37 +25,53 @@ from memjax.then.tiered import Tiered
 from memjax.then.tiers import Tiers
 
 
-def recall_stream(task, length: int, batch: int, seed: int, *, depth_segments=None):
-  """Rows of `length` tokens (a multiple of the segment): context then one question segment.
-  depth_segments: how many segments before the question the pairs sit (None: uniform at random
-  over the context). -> dict(context BxT-S, question BxS, targets, answer, distance B)."""
-  s = task.segment_len
-  n = length // s
-  assert n * s == length and n >= 3, f"length {length}: at least 3 segments of {s}"
-  rng = np.random.default_rng([seed, length])
-  ctx, q, tg, ans, dist = [], [], [], [], []
-  for i in range(batch):
-    ex = task.example_at("eval", seed, i)
-    d = int(depth_segments) if depth_segments else int(rng.integers(2, n))  # 2 .. n-1 back
-    assert 2 <= d <= n - 1, f"depth {d} segments in a stream of {n}"
-    c = task.filler0 + rng.integers(0, task.c.num_filler, (n - 1) * s)
-    at = (n - 1 - d) * s
+class RecallStream:
+  """Rows of `length` tokens (a multiple of the segment): context, then one question segment.
+  The pairs sit `depth_segments` segments before the question (None: uniform at random, 2 .. n-1
+  back). The context is made chunk by chunk (`context(a, b)`), never held whole: a stream of
+  1M tokens costs no RAM beyond the chunk being ingested."""
+
+  CHUNK = 4096   # filler is drawn per row and per chunk of this many tokens: same at any slicing
+
+  def __init__(self, task, length: int, batch: int, seed: int, *, depth_segments=None):
+    s = self.s = task.segment_len
+    n = length // s
+    assert n * s == length and n >= 3, f"length {length}: at least 3 segments of {s}"
+    self.task, self.batch, self.seed, self.length = task, batch, seed, length
+    self.context_len = (n - 1) * s
+    rng = np.random.default_rng([seed, length])
+    exs = [task.example_at("eval", seed, i) for i in range(batch)]
+    self.distance = np.array([int(depth_segments) if depth_segments else int(rng.integers(2, n))
+                              for _ in range(batch)])
+    assert ((2 <= self.distance) & (self.distance <= n - 1)).all(), "depth out of the stream"
+    self.at = (n - 1 - self.distance) * s
     # The pair segment and one token more: inputs are tokens[:-1], so the last pair's value is
     # the first input of the next segment.
-    c[at:at + s + 1] = ex["inputs"][:s + 1]
-    ctx.append(c)
-    q.append(ex["inputs"][-s:])
-    tg.append(ex["targets"][-s:])
-    ans.append(ex["answer"][-s:])
-    dist.append(d)
-  st = lambda xs: np.stack(xs).astype(np.int32)
-  return dict(context=st(ctx), question=st(q), targets=st(tg), answer=st(ans),
-              distance=np.array(dist))
+    self.pairs = np.stack([e["inputs"][:s + 1] for e in exs]).astype(np.int32)
+    st = lambda key: np.stack([e[key][-s:] for e in exs]).astype(np.int32)
+    self.question, self.targets, self.answer = st("inputs"), st("targets"), st("answer")
+
+  def context(self, a: int, b: int) -> np.ndarray:
+    """Context tokens [a, b) of every row: B x (b - a) int32."""
+    c, k = self.task.c, self.CHUNK
+    out = np.empty((self.batch, b - a), np.int32)
+    for row in range(self.batch):
+      parts = [self.task.filler0 + np.random.default_rng([self.seed, self.length, row, j])
+               .integers(0, c.num_filler, k) for j in range(a // k, (b - 1) // k + 1)]
+      out[row] = np.concatenate(parts)[a - a // k * k:][:b - a]
+      lo, hi = max(a, self.at[row]), min(b, self.at[row] + self.s + 1)
+      if lo < hi:
+        out[row, lo - a:hi - a] = self.pairs[row, lo - self.at[row]:hi - self.at[row]]
+    return out
 
 
-def accuracy(task, logits, rows) -> float:
-  correct, count = losses.answer_accuracy(logits, jnp.asarray(rows["targets"]),
-                                          jnp.asarray(rows["answer"]), task.max_answers)
+def recall_stream(task, length, batch, seed, *, depth_segments=None) -> RecallStream:
+  return RecallStream(task, length, batch, seed, depth_segments=depth_segments)
+
+
+def accuracy(task, logits, rows: RecallStream) -> float:
+  correct, count = losses.answer_accuracy(logits, jnp.asarray(rows.targets),
+                                          jnp.asarray(rows.answer), task.max_answers)
   return float(correct / jnp.maximum(count, 1.0))
 
 
@@ -73,33 +89,36 @@ def current_rss_mb() -> float:
   return float("nan")
 
 
-def evaluate(model: ThenModel, params, task, rows, directory: str, *, top_k: int,
-             l2_blocks: int, exact: bool = False, log=None) -> dict:
-  """Ingests `rows["context"]` into L1 + tiers under `directory`, then answers the question
+def evaluate(model: ThenModel, params, task, rows: RecallStream, directory: str, *, top_k: int,
+             span: int = 2, l2_blocks: int, exact: bool = False, log=None) -> dict:
+  """Ingests the stream's context into L1 + tiers under `directory`, then answers the question
   with each memory mode. -> accuracies, ingest tokens/s, RSS."""
-  b, total = rows["context"].shape
+  b, total = rows.batch, rows.context_len
   m = model.m
   tiers = Tiers(directory, batch=b, layers=m.layers, kv_heads=m.kv_heads,
                 head_dim=m.dim // m.heads, block=model.writes_per_segment, l2_blocks=l2_blocks)
-  run = Tiered(model, params, tiers, top_k=top_k)
+  run = Tiered(model, params, tiers, top_k=top_k, span=span)
   state = model.init_state(b)
+  chunk = run.chunk_segments * model.segment_len
+  step = max(1, total // 10 // chunk) * chunk   # ~10 progress lines, whole scan chunks
+  for width in {min(chunk, total), total % chunk} - {0}:   # compile outside the timed ingest
+    jax.block_until_ready(run._chunk(params, state, jnp.zeros((b, width), jnp.int32)))
   rss0 = current_rss_mb()
   t0 = time.perf_counter()
-  step = max(run.chunk_segments * model.segment_len, total // 10 // model.segment_len
-             * model.segment_len)
   for a in range(0, total, step):
-    state = run.ingest(state, rows["context"][:, a:a + step], exact=exact)
+    state = run.ingest(state, rows.context(a, min(a + step, total)), exact=exact)
     if log:
       el, done = time.perf_counter() - t0, min(a + step, total)
       log(f"  ingested {done:>9,} tokens/row  {b * done / el:>9,.0f} "
           f"tok/s  RSS {current_rss_mb():7.0f} MB  L3 {tiers.n_l3 * tiers.block_bytes * b / 2**20:7.1f} MB")
   jax.block_until_ready(state)
   seconds = time.perf_counter() - t0
-  q = rows["question"]
+  q = rows.question
   out = {"ingest_seconds": seconds, "ingest_tokens_per_s": b * total / seconds,
          "tokens_per_row": total, "rows": b, "blocks": tiers.n_blocks,
          "l3_bytes": tiers.n_l3 * tiers.block_bytes * b, "tier_ram_bytes": tiers.nbytes_ram(),
-         "rss_before_mb": rss0}
+         "rss_before_mb": rss0, "device_state_bytes": sum(x.nbytes for x in jax.tree.leaves(state)),
+         "host_seconds_in_flight": run.host_seconds, "host_wait_seconds": run.wait_seconds}
   t1 = time.perf_counter()
   logits, _ = run.query(state, q, incognito=True)
   out["query_seconds"] = time.perf_counter() - t1

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from memjax.then.model import ThenModel, ThenState, Window
+from memjax.then import tiers as tiers_lib
 from memjax.then.tiers import Tiers
 
 
@@ -86,7 +87,7 @@ class Tiered:
       h0 = time.perf_counter()
       if use_tiers and not last:   # overlaps with the step in flight
         q_next = q[:, (i + 1) * s:(i + 2) * s]
-        scores = t.scores(q_next, rows) if t.n_blocks else np.zeros((b, 0), np.float32)
+        dots = t.dots(q_next, np.arange(t.n_blocks), rows)
       h1 = time.perf_counter()
       if keep:
         stored = t.append(*jax.device_get(evicted))
@@ -95,10 +96,9 @@ class Tiered:
         stored = False
       h2 = time.perf_counter()
       if use_tiers and not last:
-        if stored:   # score only the block this step evicted
-          new = t.scores_of(q_next, [t.n_blocks - 1], rows)
-          scores = np.concatenate([scores, new], 1)
-        window = self._window(q_next, rows, scores)
+        if stored:   # only the block this step evicted is left to compare with the queries
+          dots = np.concatenate([dots, t.dots(q_next, [t.n_blocks - 1], rows)], 1)
+        window = self._window(q_next, rows, tiers_lib.score(dots))
       elif not last:
         window = self.empty_window(b)
       self.host_seconds += h1 - h0
@@ -108,7 +108,7 @@ class Tiered:
   def _window(self, q, rows, scores=None) -> Window:
     t = self.tiers
     if scores is None:
-      scores = t.scores(q, rows) if t.n_blocks else np.zeros((q.shape[0], 0), np.float32)
+      scores = t.scores(q, rows)
     n = scores.shape[1]
     k = min(self.top_k, n)
     top = (np.argpartition(-scores, k - 1, axis=1)[:, :k] if k else np.zeros((q.shape[0], 0), int))

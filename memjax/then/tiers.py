@@ -9,14 +9,15 @@ one block per segment:
       a block leaves L2 for L3 when L2 is full, so L3 holds blocks 0 .. n_l3-1 in order.
 
 Every block keeps a summary key in RAM: the mean of its first layer's keys per kv head. A row
-also keeps the running mean of every key it stored. Addressing: a segment's first-layer queries
-score every block by sum over heads of max over queries of q . (block mean - running mean), and
-the top-k blocks are read back into a retrieval window. Centering removes what every block
-shares (on the recall task: the filler), so a block scores by how it differs from the stream's
-typical trace; with the uncentered mean the pair block of the trained then_recall model ranked
-first for 3% of streams 24 segments long, centered for 100% (BUILD_NOTES.md). The summaries are
-not learned. k large enough to fetch every block gives exactly the traces L1 evicted (the
-equivalence tests).
+also keeps the running mean of every key it stored. Addressing (`score`): each first-layer query
+of the segment is dotted with every block's summary minus the running mean, z-scored over the
+blocks; a block's score is the best query's z per head, summed over heads; the top-k blocks are
+read back into a retrieval window. Centering removes what every block shares (on the recall
+task: the filler), so a block scores by how it differs from the stream's typical trace; the z
+per query keeps queries that match everything a little (filler positions) from outranking one
+that matches one block a lot (a key asked about). Not learned; measured on the trained
+then_recall model in BUILD_NOTES.md. k large enough to fetch every block gives exactly the
+traces L1 evicted (the equivalence tests).
 
 The tiers hold numpy arrays and files: they live outside jit. The whole batch advances in
 lockstep (every row stores the same number of blocks); a row's traces are read only by that row
@@ -49,6 +50,17 @@ def _fsync_dir(path: str) -> None:
     os.fsync(fd)
   finally:
     os.close(fd)
+
+
+def score(dots_BxNxSxH) -> np.ndarray:
+  """B x N block scores from `Tiers.dots`: each query's dots z-scored over the blocks, the best
+  query per head, summed over heads. A query that picks out one block (a key asked about) gives
+  it a z far above what any query gives a block by chance, however many blocks there are."""
+  d = dots_BxNxSxH
+  if d.shape[1] < 2:
+    return d.max(2).sum(-1)
+  z = (d - d.mean(1, keepdims=True)) / (d.std(1, keepdims=True) + 1e-6)
+  return z.max(2).sum(-1)
 
 
 class Tiers:
@@ -149,12 +161,12 @@ class Tiers:
     return k, v, self._valid[row, j]
 
   def scores(self, q_BxSxHxD, rows=None) -> np.ndarray:
-    """B x n_blocks: per block, the sum over query heads of the best query's dot product with
-    the block's summary key minus the row's running mean key (its kv head's)."""
-    return self.scores_of(q_BxSxHxD, np.arange(self.n_blocks), rows)
+    """B x n_blocks: how strongly the segment's queries address each block (`score`)."""
+    return score(self.dots(q_BxSxHxD, np.arange(self.n_blocks), rows))
 
-  def scores_of(self, q_BxSxHxD, ids, rows=None) -> np.ndarray:
-    """B x len(ids): `scores` of the blocks `ids` only."""
+  def dots(self, q_BxSxHxD, ids, rows=None) -> np.ndarray:
+    """B x len(ids) x S x H: each query's dot product with each block's summary key minus the
+    row's running mean key (the query head's kv head)."""
     q = np.asarray(q_BxSxHxD, np.float32)
     b, s, h, d = q.shape
     q = q.reshape(b, s, self.kv_heads, h // self.kv_heads, d)
@@ -162,8 +174,8 @@ class Tiers:
     summ = self._summary[:, np.asarray(ids, int)] - mean[:, None].astype(np.float32)
     if rows is not None:
       summ = summ[np.asarray(rows)]
-    dots = np.einsum("bskgd,bnkd->bnskg", q, summ)
-    return dots.max(2).sum((2, 3))
+    return np.einsum("bskgd,bnkd->bnskg", q, summ).reshape(b, len(ids), s, h)
+
 
   def gather(self, ids_BxK, width: int, rows=None):
     """Direct addressing: the window (keys BxLxRxKxD, values, valid BxR) holding, per row, the
