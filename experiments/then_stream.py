@@ -26,8 +26,8 @@ _LENGTHS = flags.DEFINE_string("lengths", "10000,100000,1000000",
                                "Stream lengths in tokens (rounded down to whole segments).")
 _DEPTHS = flags.DEFINE_string("depths", "", "Instead of --lengths: tasks of N segments (pairs in "
                               "the first, the question in the last), e.g. 6,12,24.")
-_BATCH = flags.DEFINE_integer("batch", 8, "Streams ingested side by side (one tier row each).")
-_TOP_K = flags.DEFINE_integer("top_k", 2, "Blocks retrieved per segment.")
+_BATCH = flags.DEFINE_integer("batch", 16, "Streams ingested side by side (one tier row each).")
+_TOP_K = flags.DEFINE_integer("top_k", 4, "Blocks retrieved per segment.")
 _SPAN = flags.DEFINE_integer("span", 2, "Blocks fetched per chosen block (it and the next).")
 _L2 = flags.DEFINE_integer("l2_blocks", 64, "Blocks kept in host RAM before they go to disk.")
 _CAPACITY = flags.DEFINE_integer("capacity", 0, "L1 ring-buffer capacity (0: the model's).")
