@@ -2,6 +2,7 @@
 
   python experiments/then_live.py ingest --workdir=/tmp/then --state_dir=/tmp/users --user=alice --tokens=3,17,5,20
   python experiments/then_live.py query  --workdir=/tmp/then --state_dir=/tmp/users --user=alice --tokens=3 [--incognito]
+  python experiments/then_live.py ingest --workdir=/tmp/then --state_dir=/tmp/users --user=alice --tokens_file=long.txt --tiers
   python experiments/then_live.py wipe   --state_dir=/tmp/users --user=alice
   python experiments/then_live.py list   --state_dir=/tmp/users
 
@@ -21,6 +22,10 @@ _USER = flags.DEFINE_string("user", None, "User id: 1-64 characters of A-Z a-z 0
 _TOKENS = flags.DEFINE_string("tokens", None, "Comma-separated token ids.")
 _TOKENS_FILE = flags.DEFINE_string("tokens_file", None, "Whitespace-separated token ids.")
 _INCOGNITO = flags.DEFINE_bool("incognito", False, "query: answer without writing the memory.")
+_TIERS = flags.DEFINE_bool("tiers", False, "Keep what the ring buffer evicts in host RAM and on "
+                           "disk (memjax.then.tiers) and retrieve it for queries.")
+_TOP_K = flags.DEFINE_integer("top_k", 4, "--tiers: blocks retrieved per segment.")
+_L2 = flags.DEFINE_integer("l2_blocks", 64, "--tiers: blocks kept in RAM before they go to disk.")
 
 
 def _args(argv):
@@ -59,7 +64,10 @@ def run(argv):
     store = live.UserStore(_STATE_DIR.value, model_id="")
     print(f"wiped {_USER.value}" if store.wipe(_USER.value) else f"nothing stored for {_USER.value}")
     return
-  server = live.Server(_WORKDIR.value, _STATE_DIR.value)
+  if _TOP_K.value < 1 or _L2.value < 1:
+    raise live.StateError("top_k and l2_blocks: must be >= 1")
+  server = live.Server(_WORKDIR.value, _STATE_DIR.value, tiers=_TIERS.value, top_k=_TOP_K.value,
+                       l2_blocks=_L2.value)
   tokens = _tokens()
   if cmd == "ingest":
     n = server.ingest(_USER.value, tokens)

@@ -29,6 +29,8 @@ _DEPTHS = flags.DEFINE_string("depths", "", "Instead of --lengths: tasks of N se
 _BATCH = flags.DEFINE_integer("batch", 16, "Streams ingested side by side (one tier row each).")
 _TOP_K = flags.DEFINE_integer("top_k", 4, "Blocks retrieved per segment.")
 _SPAN = flags.DEFINE_integer("span", 2, "Blocks fetched per chosen block (it and the next).")
+_CANDIDATES = flags.DEFINE_integer("candidates", 64, "Blocks chosen by their summaries, then read "
+                                   "whole and ranked exactly; top_k of them are retrieved.")
 _L2 = flags.DEFINE_integer("l2_blocks", 64, "Blocks kept in host RAM before they go to disk.")
 _CAPACITY = flags.DEFINE_integer("capacity", 0, "L1 ring-buffer capacity (0: the model's).")
 _TIER_DIR = flags.DEFINE_string("tier_dir", None, "Where L3 files go (default: a temporary dir).")
@@ -51,7 +53,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   if not _WORKDIR.value:
     raise ConfigError("workdir: required (a trained then_recall workdir)")
-  for name, v in (("batch", _BATCH), ("top_k", _TOP_K), ("span", _SPAN), ("l2_blocks", _L2)):
+  for name, v in (("batch", _BATCH), ("top_k", _TOP_K), ("span", _SPAN),
+                  ("candidates", _CANDIDATES), ("l2_blocks", _L2)):
     if v.value < 1:
       raise ConfigError(f"{name}: must be >= 1, got {v.value}")
   depths = _ints("depths", _DEPTHS.value) if _DEPTHS.value else []
@@ -70,7 +73,8 @@ def main(argv):
   root = _TIER_DIR.value or tempfile.mkdtemp(prefix="then_tiers_")
   os.makedirs(root, exist_ok=True)
   print(f"THEN {_WORKDIR.value}: L1 capacity {model.m.capacity}, segment {s}, top_k {_TOP_K.value}"
-        f" x span {_SPAN.value}, L2 {_L2.value} blocks, {_BATCH.value} streams, tiers in {root}")
+        f" x span {_SPAN.value} of {_CANDIDATES.value} candidates, L2 {_L2.value} blocks, "
+        f"{_BATCH.value} streams, tiers in {root}")
   cases = ([(n * s, n - 1) for n in depths] if depths
            else [(max(3, l // s) * s, None) for l in lengths])
   results = []
@@ -84,7 +88,8 @@ def main(argv):
                f"{rows.distance.min()}-{rows.distance.max()} segments back"))
       t0 = time.perf_counter()
       out = streams.evaluate(model, state.params, task, rows, d, top_k=_TOP_K.value,
-                             span=_SPAN.value, l2_blocks=_L2.value, log=print)
+                             span=_SPAN.value, candidates=_CANDIDATES.value,
+                             l2_blocks=_L2.value, log=print)
       out.update(length=length, distance=rows.distance.tolist(), wall_seconds=time.perf_counter() - t0)
       results.append(out)
       shutil.rmtree(d, ignore_errors=True)

@@ -7,7 +7,9 @@
   store.save(user, state)                               # atomic: never half a file
   store.wipe(user)                                      # nothing of the user left
 
-Layout: <state_dir>/<user>/state.npz, nothing else of a user's anywhere else. A user id is a
+Layout: <state_dir>/<user>/state.npz, nothing else of a user's anywhere else. With tiers
+(`TieredUsers`, `then_live.py --tiers`): <state_dir>/<user>/tiers.npz holds the L1 state, L2 and
+the block summaries in one atomic file, and <state_dir>/<user>/l3-0.bin the append-only L3. A user id is a
 name, never a path: 1-64 characters of [A-Za-z0-9_-]. A save writes a temporary file in the
 user's own directory, fsyncs it, renames it over state.npz and fsyncs the directory, so a
 kill at any point leaves either the old or the new state; temporaries a kill left behind are
@@ -27,6 +29,7 @@ import numpy as np
 
 from memjax.core.config import ConfigError
 
+TIERS = "tiers.npz"
 USER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 STATE = "state.npz"
 TMP_PREFIX = ".tmp-"
@@ -89,12 +92,10 @@ class UserStore:
   def save(self, user: str, state) -> str:
     d = self.dir(user)
     os.makedirs(d, exist_ok=True)
-    leaves, treedef = jax.tree.flatten(state)
     fd, tmp = tempfile.mkstemp(dir=d, prefix=TMP_PREFIX)
     try:
       with os.fdopen(fd, "wb") as f:
-        np.savez(f, treedef=np.array(str(treedef)), model_id=np.array(self.model_id),
-                 **{f"leaf{i}": np.asarray(x) for i, x in enumerate(leaves)})
+        np.savez(f, **self.pack(state))
         f.flush()
         os.fsync(f.fileno())
       path = os.path.join(d, STATE)
@@ -111,13 +112,29 @@ class UserStore:
     path = os.path.join(self.dir(user), STATE)
     if not os.path.exists(path):
       return like
-    leaves, treedef = jax.tree.flatten(like)
     try:
       with np.load(path) as f:
-        stored_tree, stored_model = str(f["treedef"]), str(f["model_id"])
-        got = [f[f"leaf{i}"] for i in range(len(leaves))] if stored_tree == str(treedef) else None
+        return self.unpack(path, dict(f.items()), like)
+    except StateError:
+      raise
     except Exception as e:  # a damaged zip, a missing key: say which file
       raise StateError(f"{path}: unreadable state file ({type(e).__name__})") from None
+
+  def pack(self, state) -> dict:
+    """The arrays a state file holds: the leaves, the tree structure, the model identity."""
+    leaves, treedef = jax.tree.flatten(state)
+    return dict(treedef=np.array(str(treedef)), model_id=np.array(self.model_id),
+                **{f"leaf{i}": np.asarray(x) for i, x in enumerate(leaves)})
+
+  def unpack(self, path: str, arrays: dict, like):
+    """`pack`'s arrays back into the structure of `like`, checked (one line naming `path`)."""
+    leaves, treedef = jax.tree.flatten(like)
+    try:
+      stored_tree, stored_model = str(arrays["treedef"]), str(arrays["model_id"])
+      got = ([np.asarray(arrays[f"leaf{i}"]) for i in range(len(leaves))]
+             if stored_tree == str(treedef) else None)
+    except KeyError as e:
+      raise StateError(f"{path}: not a state file (no {e.args[0]!r})") from None
     if stored_model != self.model_id:
       raise StateError(f"{path}: written for model {stored_model!r}, this is {self.model_id!r}")
     if got is None:
@@ -138,10 +155,61 @@ class UserStore:
     return True
 
 
+class TieredUsers:
+  """Each user's THEN memory in tiers: L1 (the model's ring buffer) + L2/L3 (memjax.then.tiers),
+  in the user's own directory. The L1 state is saved inside tiers.npz, so one rename changes
+  both; L3 bytes appended after the last save are dropped on the next open (a kill mid-ingest
+  leaves the previous memory whole). Opening a user who has nothing writes nothing."""
+
+  def __init__(self, store: UserStore, model, params, *, top_k: int = 4, l2_blocks: int = 64):
+    self.store, self.model, self.params = store, model, params
+    self.top_k, self.l2_blocks = top_k, l2_blocks
+    m = model.m
+    self.dims = dict(batch=1, layers=m.layers, kv_heads=m.kv_heads, head_dim=m.dim // m.heads,
+                     block=model.writes_per_segment, l2_blocks=l2_blocks)
+
+  def open(self, user: str):
+    """-> (L1 state, Tiered runner) of the user; an empty memory for a new user."""
+    from memjax.then.tiered import Tiered  # pylint: disable=g-import-not-at-top
+    from memjax.then.tiers import Tiers  # pylint: disable=g-import-not-at-top
+    d = self.store.dir(user)
+    if os.path.exists(os.path.join(d, STATE)):
+      raise StateError(f"{d}: holds a ring-buffer state ({STATE}), not tiers; wipe it or serve "
+                       "it without --tiers")
+    tiers = Tiers.open(d, **self.dims)
+    like = self.model.init_state(1)
+    state = (self.store.unpack(os.path.join(d, TIERS), tiers.extra, like) if tiers.extra
+             else like)
+    return state, Tiered(self.model, self.params, tiers, top_k=self.top_k)
+
+  def save(self, run, state) -> None:
+    run.tiers.save(extra=self.store.pack(state))
+
+  def ingest(self, user: str, tokens_1xT) -> None:
+    state, run = self.open(user)
+    s = self.model.segment_len
+    whole = tokens_1xT.shape[1] // s * s
+    exact = self.model.m.layers > 1   # the scanned ingest is exact for one layer only
+    if whole:
+      state = run.ingest(state, tokens_1xT[:, :whole], exact=exact)
+    if whole < tokens_1xT.shape[1]:
+      state = run.run(state, tokens_1xT[:, whole:])[1]
+    self.save(run, state)
+
+  def query(self, user: str, tokens_1xS, *, incognito: bool = False):
+    """-> logits; the memory is saved unless incognito (then nothing is written)."""
+    state, run = self.open(user)
+    logits, new = run.query(state, tokens_1xS, incognito=incognito)
+    if not incognito:
+      self.save(run, new)
+    return logits
+
+
 class Server:
   """A trained THEN model serving its users' memories from a state directory."""
 
-  def __init__(self, workdir: str, state_dir: str):
+  def __init__(self, workdir: str, state_dir: str, *, tiers: bool = False, top_k: int = 4,
+               l2_blocks: int = 64):
     import hashlib  # pylint: disable=g-import-not-at-top
     from memjax.core import loop  # pylint: disable=g-import-not-at-top
     from memjax.then import model as then  # pylint: disable=g-import-not-at-top
@@ -153,6 +221,8 @@ class Server:
     self.params, self.vocab_size = state.params, task.vocab_size
     ident = hashlib.sha1(config.to_json(sort_keys=True).encode()).hexdigest()[:12]
     self.store = UserStore(state_dir, f"then:{ident}:step{int(state.step)}")
+    self.tiered = (TieredUsers(self.store, self.model, self.params, top_k=top_k,
+                               l2_blocks=l2_blocks) if tiers else None)
     self._ingest = jax.jit(self.model.ingest)
     self._segment = jax.jit(self.model.segment)
 
@@ -164,6 +234,10 @@ class Server:
 
   def ingest(self, user: str, tokens) -> int:
     x = self._check(tokens)
+    if self.tiered:
+      self.tiered.ingest(user, x)
+      return x.shape[1]
+    self._refuse_tiers(user)
     state = self.store.load(user, self.model.init_state(1))
     s = self.model.segment_len
     whole = x.shape[1] // s * s
@@ -177,8 +251,17 @@ class Server:
   def query(self, user: str, tokens, *, incognito: bool = False) -> list[int]:
     """The most likely next token after each query token; the state is saved unless incognito."""
     x = self._check(tokens)
+    if self.tiered:
+      logits = self.tiered.query(user, x, incognito=incognito)
+      return [int(t) for t in jnp.argmax(logits[0], -1)]
+    self._refuse_tiers(user)
     state = self.store.load(user, self.model.init_state(1))
     logits, new = self.model.query(self.params, state, x, incognito=incognito)
     if not incognito:
       self.store.save(user, new)
     return [int(t) for t in jnp.argmax(logits[0], -1)]
+
+  def _refuse_tiers(self, user: str) -> None:
+    d = self.store.dir(user)
+    if os.path.exists(os.path.join(d, TIERS)):
+      raise StateError(f"{d}: holds tiers ({TIERS}); serve it with --tiers")

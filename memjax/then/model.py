@@ -212,8 +212,9 @@ class ThenModel:
   def step(self, params, state: ThenState, window: Window | None, tokens_BxS):
     """One segment over L1 (the ring buffer) plus a retrieved window -> (logits, state, evicted).
     `evicted` = (keys_BxLxNxKxD, values, valid_BxN): the L1 traces this segment's write
-    overwrites, oldest first (N = traces written per segment), for the host tiers."""
-    n, c = self.writes_per_segment, self.m.capacity
+    overwrites, oldest first (N = traces this segment writes), for the host tiers."""
+    s, c = tokens_BxS.shape[1], self.m.capacity
+    n = min(s, self.m.write_last) if self.m.write == "last" else s   # a short last segment: fewer
     assert n <= c, f"a segment writes {n} traces, more than the ring buffer's {c}"
     model = nnx.merge(self.graphdef, params)
     t = state.traces

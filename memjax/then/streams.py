@@ -90,14 +90,15 @@ def current_rss_mb() -> float:
 
 
 def evaluate(model: ThenModel, params, task, rows: RecallStream, directory: str, *, top_k: int,
-             span: int = 2, l2_blocks: int, exact: bool = False, log=None) -> dict:
+             span: int = 2, candidates: int = 64, l2_blocks: int, exact: bool = False,
+             log=None) -> dict:
   """Ingests the stream's context into L1 + tiers under `directory`, then answers the question
   with each memory mode. -> accuracies, ingest tokens/s, RSS."""
   b, total = rows.batch, rows.context_len
   m = model.m
   tiers = Tiers(directory, batch=b, layers=m.layers, kv_heads=m.kv_heads,
                 head_dim=m.dim // m.heads, block=model.writes_per_segment, l2_blocks=l2_blocks)
-  run = Tiered(model, params, tiers, top_k=top_k, span=span)
+  run = Tiered(model, params, tiers, top_k=top_k, span=span, candidates=candidates)
   state = model.init_state(b)
   chunk = run.chunk_segments * model.segment_len
   step = max(1, total // 10 // chunk) * chunk   # ~10 progress lines, whole scan chunks

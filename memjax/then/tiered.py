@@ -10,9 +10,11 @@ segment's window is read from host RAM / disk (numpy, np.memmap), which jit cann
 ingest fast path (`exact=False`) scans many segments in one jitted call and moves their
 evictions to the tiers afterwards (exact for one-layer models, see `ThenModel.ingest_chunk`).
 
-Overlap: jax dispatches a step asynchronously, so while segment i computes, the host scores
-segment i+1's queries against the blocks already stored; after the step only segment i's
-evicted block is scored and the window gathered. `host_seconds` / `wait_seconds` count both.
+Overlap: jax dispatches a step asynchronously, so while segment i computes, the host makes the
+first scoring pass of segment i+1's queries over the blocks already stored (tiers.Scorer);
+after the step, segment i's evicted block is added, the second pass ranks the blocks and the
+window is gathered. `host_seconds` counts the host work done while a step was in flight,
+`wait_seconds` the time blocked on the device.
 """
 from __future__ import annotations
 
@@ -29,16 +31,17 @@ from memjax.then.tiers import Tiers
 
 class Tiered:
   def __init__(self, model: ThenModel, params, tiers: Tiers, *, top_k: int, span: int = 2,
-               chunk_segments: int = 64):
+               candidates: int = 64, chunk_segments: int = 64):
     """top_k blocks are chosen by score; each comes with the span-1 blocks written after it
     (the token shift carries a segment's last tokens into the next segment's first traces:
     the trace that pairs a block's last token with the next one lives in the next block), so a
-    window holds top_k * span blocks."""
+    window holds top_k * span blocks. The top_k are the best by `Tiers.rerank` among the
+    `candidates` best by the summaries (`Tiers.scores`); candidates <= top_k skips the rerank."""
     if tiers.block != model.writes_per_segment:
       raise ValueError(f"tiers.block={tiers.block}, the model writes {model.writes_per_segment} "
                        "traces per segment")
     self.model, self.params, self.tiers, self.top_k, self.span = model, params, tiers, top_k, span
-    self.chunk_segments = chunk_segments
+    self.chunk_segments, self.candidates = chunk_segments, candidates
     self._step = jax.jit(model.step)
     self._chunk = jax.jit(model.ingest_chunk)
     self._address = jax.jit(model.address)
@@ -74,8 +77,7 @@ class Tiered:
     reads (a permutation: the shuffled memory). keep=False: evictions are not stored."""
     s, t = self.model.segment_len, self.tiers
     b, total = tokens_BxT.shape
-    n = total // s
-    assert n * s == total, "a whole number of segments"
+    n = -(-total // s)   # the last segment may be short
     tokens_BxT = jnp.asarray(tokens_BxT)
     q = np.asarray(self._address(self.params, state.shift_BxWxD, tokens_BxT))
     window = (self._window(q[:, :s], rows) if use_tiers else self.empty_window(b))
@@ -87,7 +89,7 @@ class Tiered:
       h0 = time.perf_counter()
       if use_tiers and not last:   # overlaps with the step in flight
         q_next = q[:, (i + 1) * s:(i + 2) * s]
-        dots = t.dots(q_next, np.arange(t.n_blocks), rows)
+        scorer = tiers_lib.Scorer(t, q_next, rows).add(t.n_blocks)
       h1 = time.perf_counter()
       if keep:
         stored = t.append(*jax.device_get(evicted))
@@ -96,9 +98,8 @@ class Tiered:
         stored = False
       h2 = time.perf_counter()
       if use_tiers and not last:
-        if stored:   # only the block this step evicted is left to compare with the queries
-          dots = np.concatenate([dots, t.dots(q_next, [t.n_blocks - 1], rows)], 1)
-        window = self._window(q_next, rows, tiers_lib.score(dots))
+        # only the block this step evicted is left to add; then the z maxima (second pass)
+        window = self._window(q_next, rows, scorer.add(t.n_blocks).scores())
       elif not last:
         window = self.empty_window(b)
       self.host_seconds += h1 - h0
@@ -112,6 +113,11 @@ class Tiered:
     n = scores.shape[1]
     k = min(self.top_k, n)
     top = (np.argpartition(-scores, k - 1, axis=1)[:, :k] if k else np.zeros((q.shape[0], 0), int))
+    m = min(self.candidates, n)
+    if m > k:   # read the candidates whole and keep the top_k by exact key similarity
+      cand = np.argpartition(-scores, m - 1, axis=1)[:, :m]
+      exact = t.rerank(q, cand, rows)
+      top = np.take_along_axis(cand, np.argpartition(-exact, k - 1, axis=1)[:, :k], 1)
     ids = []
     for row in top:   # each chosen block and the span-1 after it, once, oldest first
       ids.append(sorted({j + i for j in row for i in range(self.span) if j + i < n}))

@@ -9,10 +9,12 @@ one block per segment:
       a block leaves L2 for L3 when L2 is full, so L3 holds blocks 0 .. n_l3-1 in order.
 
 Every block keeps a summary key in RAM: the mean of its first layer's keys per kv head. A row
-also keeps the running mean of every key it stored. Addressing (`score`): each first-layer query
+also keeps the running mean of every key it stored. Addressing (`Scorer`): each first-layer query
 of the segment is dotted with every block's summary minus the running mean, z-scored over the
-blocks; a block's score is the best query's z per head, summed over heads; the top-k blocks are
-read back into a retrieval window. Centering removes what every block shares (on the recall
+blocks; a block's score is the best query's z per head, summed over heads. The best
+`candidates` blocks by that score are then read whole (L2 or L3) and ranked exactly (`rerank`:
+the largest dot product of a query with any of the block's keys), and the top-k of those are read
+back into a retrieval window. Centering removes what every block shares (on the recall
 task: the filler), so a block scores by how it differs from the stream's typical trace; the z
 per query keeps queries that match everything a little (filler positions) from outranking one
 that matches one block a lot (a key asked about). Not learned; measured on the trained
@@ -52,15 +54,47 @@ def _fsync_dir(path: str) -> None:
     os.close(fd)
 
 
-def score(dots_BxNxSxH) -> np.ndarray:
-  """B x N block scores from `Tiers.dots`: each query's dots z-scored over the blocks, the best
-  query per head, summed over heads. A query that picks out one block (a key asked about) gives
-  it a z far above what any query gives a block by chance, however many blocks there are."""
-  d = dots_BxNxSxH
-  if d.shape[1] < 2:
-    return d.max(2).sum(-1)
-  z = (d - d.mean(1, keepdims=True)) / (d.std(1, keepdims=True) + 1e-6)
-  return z.max(2).sum(-1)
+SCORE_CHUNK = 1024   # blocks scored at a time: bounded memory however long the stream
+
+
+class Scorer:
+  """Block scores for one segment's queries: each query's dot product with each block's summary
+  (minus the row's running mean) is z-scored over the blocks; a block's score is the best
+  query's z per head, summed over heads. A query that picks out one block (a key asked about)
+  gives it a z far above what any query gives a block by chance, however many blocks there are.
+
+  Two passes over the blocks in chunks of SCORE_CHUNK (the per-query mean and spread, then the
+  z maxima), so memory stays bounded; `add` takes the blocks in any number of calls (the first
+  while the device computes, the last one after the step that evicted it)."""
+
+  def __init__(self, tiers: "Tiers", q_BxSxHxD, rows=None):
+    self.t, self.q, self.rows = tiers, q_BxSxHxD, rows
+    self.n = 0
+    self.sum = self.sumsq = 0.0
+
+  def add(self, upto: int) -> "Scorer":
+    """Accumulates the statistics of blocks [n, upto)."""
+    for a in range(self.n, upto, SCORE_CHUNK):
+      d = self.t.dots(self.q, np.arange(a, min(upto, a + SCORE_CHUNK)), self.rows)
+      self.sum = self.sum + d.sum(1, dtype=np.float64)
+      self.sumsq = self.sumsq + (d.astype(np.float64) ** 2).sum(1)
+    self.n = max(self.n, upto)
+    return self
+
+  def scores(self) -> np.ndarray:
+    """B x n: the scores of the blocks added."""
+    b = self.q.shape[0]
+    if self.n == 0:
+      return np.zeros((b, 0), np.float32)
+    mean = self.sum / self.n
+    sd = np.sqrt(np.maximum(self.sumsq / self.n - mean ** 2, 0.0))
+    one = self.n < 2   # a single block: no spread to scale by
+    out = np.empty((b, self.n), np.float32)
+    for a in range(0, self.n, SCORE_CHUNK):
+      d = self.t.dots(self.q, np.arange(a, min(self.n, a + SCORE_CHUNK)), self.rows)
+      z = d if one else (d - mean[:, None]) / (sd[:, None] + 1e-6)
+      out[:, a:a + d.shape[1]] = z.max(2).sum(-1)
+    return out
 
 
 class Tiers:
@@ -70,11 +104,11 @@ class Tiers:
                block: int, l2_blocks: int, dtype=np.float32):
     if l2_blocks < 1 or block < 1:
       raise TierError(f"tiers: block={block} and l2_blocks={l2_blocks} must be >= 1")
-    self.dir = directory
-    os.makedirs(directory, exist_ok=True)
-    for f in os.listdir(directory):
-      if f.startswith(TMP_PREFIX):   # a save a kill interrupted
-        os.remove(os.path.join(directory, f))
+    self.dir = directory   # created on the first write: reading an empty memory writes nothing
+    if os.path.isdir(directory):
+      for f in os.listdir(directory):
+        if f.startswith(TMP_PREFIX):   # a save a kill interrupted
+          os.remove(os.path.join(directory, f))
     self.batch, self.layers, self.kv_heads, self.head_dim = batch, layers, kv_heads, head_dim
     self.block, self.l2_blocks, self.dtype = block, l2_blocks, np.dtype(dtype)
     self.block_shape = (layers, block, kv_heads, head_dim)
@@ -87,6 +121,7 @@ class Tiers:
     self.key_sum = np.zeros((batch, kv_heads, head_dim), np.float64)   # of every stored key
     self.key_count = np.zeros((batch,), np.int64)
     self._maps: list = [None] * batch
+    self.extra: dict = {}   # arrays saved with the tiers (`save(extra=...)`)
 
   # -- layout -------------------------------------------------------------------------------
 
@@ -110,13 +145,19 @@ class Tiers:
   # -- writing ------------------------------------------------------------------------------
 
   def append(self, keys_BxLxNxKxD, values_BxLxNxKxD, valid_BxN) -> bool:
-    """Stores one block of evicted traces (N = block) for every row; a block with no valid
-    trace in any row (L1 not yet full) is not stored. -> whether a block was stored."""
+    """Stores one block of evicted traces (N <= block; fewer are padded with invalid slots) for
+    every row; a block with no valid trace in any row (L1 not yet full) is not stored.
+    -> whether a block was stored."""
     valid_BxN = np.asarray(valid_BxN, bool)
     if not valid_BxN.any():
       return False
     k = np.asarray(keys_BxLxNxKxD, self.dtype)
     v = np.asarray(values_BxLxNxKxD, self.dtype)
+    n = valid_BxN.shape[1]
+    if n < self.block and k.shape[2] == n:   # a short segment evicted fewer: pad, invalid
+      pad = [(0, 0), (0, 0), (0, self.block - n), (0, 0), (0, 0)]
+      k, v = np.pad(k, pad), np.pad(v, pad)
+      valid_BxN = np.pad(valid_BxN, [(0, 0), (0, self.block - n)])
     if k.shape != (self.batch,) + self.block_shape or v.shape != k.shape:
       raise TierError(f"tiers: a block is {list(k.shape)}, these tiers hold "
                       f"{[self.batch] + list(self.block_shape)}")
@@ -136,6 +177,7 @@ class Tiers:
     return True
 
   def _write_l3(self, slot: int) -> None:
+    os.makedirs(self.dir, exist_ok=True)
     for row in range(self.batch):
       with open(self.l3_path(row), "ab") as f:
         f.write(self.l2_k[row, slot].tobytes())
@@ -161,8 +203,8 @@ class Tiers:
     return k, v, self._valid[row, j]
 
   def scores(self, q_BxSxHxD, rows=None) -> np.ndarray:
-    """B x n_blocks: how strongly the segment's queries address each block (`score`)."""
-    return score(self.dots(q_BxSxHxD, np.arange(self.n_blocks), rows))
+    """B x n_blocks: how strongly the segment's queries address each block (`Scorer`)."""
+    return Scorer(self, q_BxSxHxD, rows).add(self.n_blocks).scores()
 
   def dots(self, q_BxSxHxD, ids, rows=None) -> np.ndarray:
     """B x len(ids) x S x H: each query's dot product with each block's summary key minus the
@@ -176,6 +218,23 @@ class Tiers:
       summ = summ[np.asarray(rows)]
     return np.einsum("bskgd,bnkd->bnskg", q, summ).reshape(b, len(ids), s, h)
 
+
+  def rerank(self, q_BxSxHxD, ids, rows=None) -> np.ndarray:
+    """B x M: exact scores of candidate blocks ids[row] (M each), read whole from L2/L3: per
+    head, the largest dot product of any query with any valid first-layer key of the block,
+    summed over heads (top-k by key similarity)."""
+    q = np.asarray(q_BxSxHxD, np.float32)
+    b, s, h, d = q.shape
+    q = q.reshape(b, s, self.kv_heads, h // self.kv_heads, d)
+    out = np.full((b, max((len(x) for x in ids), default=0)), -np.inf, np.float32)
+    for row in range(b):
+      src = row if rows is None else int(rows[row])
+      for i, j in enumerate(ids[row]):
+        k, _, ok = self.read_block(src, int(j))
+        dots = np.einsum("skgd,nkd->nskg", q[row], k[0])[ok]   # valid traces only
+        if dots.size:
+          out[row, i] = dots.max((0, 1)).sum()
+    return out
 
   def gather(self, ids_BxK, width: int, rows=None):
     """Direct addressing: the window (keys BxLxRxKxD, values, valid BxR) holding, per row, the
@@ -198,19 +257,23 @@ class Tiers:
     return np.array([self.batch, self.layers, self.kv_heads, self.head_dim, self.block,
                      self.l2_blocks], np.int64)
 
-  def save(self) -> str:
-    """L2, summaries, validity and counters to tiers.npz, atomically (L3 is on disk already)."""
+  def save(self, extra: dict | None = None) -> str:
+    """L2, summaries, validity and counters to tiers.npz, atomically (L3 is on disk already).
+    `extra` arrays (a user's L1 state, its model identity) go into the same file, so the file
+    and what it names change together; `Tiers.open` returns them as `.extra`."""
     for row in range(self.batch):   # L3 appends reach the disk before the state names them
       if self.n_l3:
         with open(self.l3_path(row), "rb+") as f:
           os.fsync(f.fileno())
+    os.makedirs(self.dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=TMP_PREFIX)
     try:
       with os.fdopen(fd, "wb") as f:
         np.savez(f, meta=self.meta(), dtype=np.array(self.dtype.str), n_blocks=self.n_blocks,
                  l2_k=self.l2_k, l2_v=self.l2_v, summary=self._summary[:, :self.n_blocks],
                  valid=self._valid[:, :self.n_blocks], key_sum=self.key_sum,
-                 key_count=self.key_count)
+                 key_count=self.key_count,
+                 **{f"x_{k}": np.asarray(v) for k, v in (extra or {}).items()})
         f.flush()
         os.fsync(f.fileno())
       path = os.path.join(self.dir, STATE)
@@ -229,7 +292,7 @@ class Tiers:
     t = cls(directory, **dims)
     path = os.path.join(directory, STATE)
     if not os.path.exists(path):
-      if any(f.startswith("l3-") for f in os.listdir(directory)):
+      if os.path.isdir(directory) and any(f.startswith("l3-") for f in os.listdir(directory)):
         raise TierError(f"{directory}: L3 files without {STATE}: not tiers this code saved")
       return t
     try:
@@ -237,6 +300,7 @@ class Tiers:
         meta, dtype, n = f["meta"], str(f["dtype"]), int(f["n_blocks"])
         l2_k, l2_v, summ, valid = f["l2_k"], f["l2_v"], f["summary"], f["valid"]
         key_sum, key_count = f["key_sum"], f["key_count"]
+        extra = {k[2:]: f[k] for k in f.files if k.startswith("x_")}
     except Exception as e:  # a damaged zip, a missing key: say which file
       raise TierError(f"{path}: unreadable tier file ({type(e).__name__})") from None
     if meta.tolist() != t.meta().tolist() or dtype != t.dtype.str:
@@ -261,4 +325,5 @@ class Tiers:
     t._grow(n)
     t._summary[:, :n], t._valid[:, :n] = summ, valid
     t.key_sum[...], t.key_count[...] = key_sum, key_count
+    t.extra = extra
     return t

@@ -138,3 +138,61 @@ def test_binary_refuses_a_path_as_user_in_one_line(tmp_path):
   assert p.returncode == 2 and p.stderr.strip().splitlines() == [
       "error: user: '../x' is not a user id (1-64 characters of A-Z a-z 0-9 _ -)"]
   assert os.listdir(tmp_path) == []
+
+
+def _tiered(tmp_path, setup, model_id="m1"):
+  from memjax.then.tiers import Tiers  # noqa: F401
+  model, params, _ = setup
+  return live.TieredUsers(live.UserStore(str(tmp_path), model_id), model, params, top_k=2,
+                          l2_blocks=2)
+
+
+def test_tiered_users_keep_their_own_tiers_and_incognito_writes_nothing(tmp_path, setup):
+  model, params, x = setup
+  rng = np.random.default_rng(0)
+  streams = {u: jnp.asarray(rng.integers(0, 20, (1, 8 * 10)), jnp.int32) for u in ("alice", "bob")}
+  users = _tiered(tmp_path, setup)
+  for u, s in streams.items():
+    users.ingest(u, s[:, :-8])
+  assert sorted(os.listdir(tmp_path / "alice")) == ["l3-0.bin", "tiers.npz"]
+  for u, s in streams.items():   # each user's answer is the one of a memory that saw their stream
+    from memjax.then.tiered import Tiered
+    from memjax.then.tiers import Tiers
+    ref = Tiered(model, params, Tiers(str(tmp_path / f"ref-{u}"), **users.dims), top_k=2)
+    want, _ = ref.query(ref.ingest(model.init_state(1), s[:, :-8]), s[:, -8:])
+    np.testing.assert_array_equal(users.query(u, s[:, -8:], incognito=True), want)
+  before = _tree(tmp_path)
+  state, run = users.open("alice")
+  users.query("alice", streams["alice"][:, -8:], incognito=True)
+  users.query("carol", streams["alice"][:, -8:], incognito=True)   # a new user: nothing made
+  assert _tree(tmp_path) == before and not os.path.exists(tmp_path / "carol")
+  assert _equal(users.open("alice")[0], state)
+  users.query("alice", streams["alice"][:, -8:])                    # a normal query writes
+  assert _tree(tmp_path) != before
+  bob = _tree(tmp_path / "bob")
+  assert users.store.wipe("alice")
+  assert not os.path.exists(tmp_path / "alice") and _tree(tmp_path / "bob") == bob
+
+
+def test_tiered_users_refuse_damaged_or_foreign_files_in_one_line(tmp_path, setup):
+  from memjax.then.tiers import TierError
+  model, params, x = setup
+  users = _tiered(tmp_path, setup)
+  users.ingest("alice", jnp.tile(x[:, :8], (1, 8)))
+  d = tmp_path / "alice"
+  with pytest.raises(live.StateError, match="written for model 'm1'"):
+    _tiered(tmp_path, setup, "m2").open("alice")
+  good = (d / "tiers.npz").read_bytes()
+  (d / "l3-0.bin").rename(d / "moved")
+  with pytest.raises(TierError, match="missing or truncated"):
+    users.open("alice")
+  (d / "moved").rename(d / "l3-0.bin")
+  (d / "tiers.npz").write_bytes(b"not a zip")
+  with pytest.raises(TierError, match="unreadable tier file"):
+    users.open("alice")
+  assert (d / "tiers.npz").read_bytes() == b"not a zip"   # refused, never rewritten
+  (d / "tiers.npz").write_bytes(good)
+  users.open("alice")
+  live.UserStore(str(tmp_path), "m1").save("bob", model.init_state(1))
+  with pytest.raises(live.StateError, match="ring-buffer state"):
+    users.open("bob")

@@ -167,3 +167,23 @@ def test_a_block_of_the_wrong_shape_is_refused(tmp_path):
   t = Tiers(str(tmp_path), batch=1, layers=1, kv_heads=1, head_dim=4, block=2, l2_blocks=2)
   with pytest.raises(TierError, match="a block is"):
     t.append(np.zeros((1, 1, 3, 1, 4)), np.zeros((1, 1, 3, 1, 4)), np.ones((1, 3), bool))
+
+
+def test_scorer_in_chunks_equals_one_pass(tmp_path, monkeypatch):
+  from memjax.then import tiers as tiers_lib
+  rng = np.random.default_rng(0)
+  t = Tiers(str(tmp_path), batch=2, layers=1, kv_heads=2, head_dim=4, block=3, l2_blocks=2)
+  for _ in range(10):
+    k = rng.normal(size=(2, 1, 3, 2, 4))
+    t.append(k, k, np.ones((2, 3), bool))
+  q = rng.normal(size=(2, 5, 4, 4)).astype(np.float32)   # 4 query heads on 2 kv heads
+  mean = t.key_sum / t.key_count[:, None, None]
+  summ = t._summary[:, :10] - mean[:, None]
+  d = np.einsum("bskgd,bnkd->bnskg", q.reshape(2, 5, 2, 2, 4), summ).reshape(2, 10, 5, 4)
+  want = ((d - d.mean(1, keepdims=True)) / d.std(1, keepdims=True)).max(2).sum(-1)
+  monkeypatch.setattr(tiers_lib, "SCORE_CHUNK", 3)
+  sc = tiers_lib.Scorer(t, q).add(4).add(10)
+  np.testing.assert_allclose(sc.scores(), want, rtol=1e-4, atol=1e-4)
+  perm = np.array([1, 0])
+  # rows=perm: batch row 0 reads tier row 1 (the shuffled memory)
+  np.testing.assert_allclose(t.scores(q, rows=perm)[0], t.scores(q[::-1])[1], rtol=1e-6)
