@@ -36,6 +36,9 @@ _CAPACITY = flags.DEFINE_integer("capacity", 0, "L1 ring-buffer capacity (0: the
 _TIER_DIR = flags.DEFINE_string("tier_dir", None, "Where L3 files go (default: a temporary dir).")
 _SEED = flags.DEFINE_integer("seed", 0, "Which eval examples and filler.")
 _OUT = flags.DEFINE_string("out", None, "Write the figures as JSON here.")
+_OVERLAP = flags.DEFINE_integer("overlap_segments", 0, "Also time the stepwise path (retrieval "
+                                "every segment) over this many segments, with and without the "
+                                "host work overlapping the device step.")
 
 
 def _ints(name, text):
@@ -96,10 +99,24 @@ def main(argv):
   finally:
     if not _TIER_DIR.value:
       shutil.rmtree(root, ignore_errors=True)
+  if _OVERLAP.value:
+    rows = streams.recall_stream(task, max(3, _OVERLAP.value + 1) * s, _BATCH.value, _SEED.value)
+    ov = streams.measure_overlap(model, state.params, task, rows, os.path.join(root, "overlap"),
+                                 segments=_OVERLAP.value, top_k=_TOP_K.value, span=_SPAN.value,
+                                 candidates=_CANDIDATES.value, l2_blocks=_L2.value)
+    results.append({"overlap": ov})
+    print(f"stepwise path, {ov['segments']} segments x {ov['rows']} streams: "
+          f"{ov['serial_seconds']:.2f} s waiting for each step before the host work "
+          f"(host {ov['serial_host_in_flight_seconds']:.2f} s, device wait "
+          f"{ov['serial_wait_seconds']:.2f} s); {ov['overlap_seconds']:.2f} s overlapped (host "
+          f"work done while a step was in flight {ov['overlap_host_in_flight_seconds']:.2f} s, "
+          f"then waiting {ov['overlap_wait_seconds']:.2f} s)")
   print()
   print(f"{'tokens':>10} {'tiers':>6} {'L1only':>6} {'zeroed':>6} {'shuffl':>6} {'chance':>6} "
         f"{'ingest tok/s':>12} {'peak RSS MB':>11} {'L3 MB':>8} {'wall s':>7}")
   for r in results:
+    if "overlap" in r:
+      continue
     print(f"{r['length']:>10,} {r['accuracy_tiers']:6.3f} {r['accuracy_l1_only']:6.3f} "
           f"{r['accuracy_memory_zeroed']:6.3f} {r['accuracy_memory_shuffled']:6.3f} "
           f"{r['chance']:6.3f} {r['ingest_tokens_per_s']:12,.0f} {r['peak_rss_mb']:11.0f} "

@@ -135,3 +135,31 @@ def evaluate(model: ThenModel, params, task, rows: RecallStream, directory: str,
   out["peak_rss_mb"] = rss_mb()
   out["rss_after_mb"] = current_rss_mb()
   return out
+
+
+def measure_overlap(model: ThenModel, params, task, rows: RecallStream, directory: str, *,
+                    segments: int, top_k: int, span: int = 2, candidates: int = 64,
+                    l2_blocks: int) -> dict:
+  """The stepwise path (one jitted step per segment, the window retrieved on the host) over the
+  first `segments` segments of the context, with the host work overlapping the step in flight
+  and without (each step waited for first). -> wall seconds of both and the host seconds."""
+  out = {}
+  b, s = rows.batch, model.segment_len
+  tokens = rows.context(0, segments * s)
+  for overlap in (False, True, False, True):   # twice each: the first of each compiles
+    d = f"{directory}-{int(overlap)}"
+    m = model.m
+    tiers = Tiers(d, batch=b, layers=m.layers, kv_heads=m.kv_heads, head_dim=m.dim // m.heads,
+                  block=model.writes_per_segment, l2_blocks=l2_blocks)
+    run = Tiered(model, params, tiers, top_k=top_k, span=span, candidates=candidates,
+                 overlap=overlap)
+    t0 = time.perf_counter()
+    jax.block_until_ready(run.run(model.init_state(b), tokens))
+    key = "overlap" if overlap else "serial"
+    out[f"{key}_seconds"] = time.perf_counter() - t0
+    out[f"{key}_host_in_flight_seconds"] = run.host_seconds
+    out[f"{key}_wait_seconds"] = run.wait_seconds
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(d, ignore_errors=True)
+  out["segments"], out["rows"] = segments, b
+  return out

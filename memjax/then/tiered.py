@@ -31,7 +31,7 @@ from memjax.then.tiers import Tiers
 
 class Tiered:
   def __init__(self, model: ThenModel, params, tiers: Tiers, *, top_k: int, span: int = 2,
-               candidates: int = 64, chunk_segments: int = 64):
+               candidates: int = 64, chunk_segments: int = 64, overlap: bool = True):
     """top_k blocks are chosen by score; each comes with the span-1 blocks written after it
     (the token shift carries a segment's last tokens into the next segment's first traces:
     the trace that pairs a block's last token with the next one lives in the next block), so a
@@ -42,6 +42,7 @@ class Tiered:
                        "traces per segment")
     self.model, self.params, self.tiers, self.top_k, self.span = model, params, tiers, top_k, span
     self.chunk_segments, self.candidates = chunk_segments, candidates
+    self.overlap = overlap   # False: wait for each step before any host work (to measure)
     self._step = jax.jit(model.step)
     self._chunk = jax.jit(model.ingest_chunk)
     self._address = jax.jit(model.address)
@@ -85,6 +86,8 @@ class Tiered:
     for i in range(n):
       out, state, evicted = self._step(self.params, state, window, tokens_BxT[:, i * s:(i + 1) * s])
       logits.append(out)
+      if not self.overlap:
+        jax.block_until_ready((out, state, evicted))
       last = i + 1 == n
       h0 = time.perf_counter()
       if use_tiers and not last:   # overlaps with the step in flight
@@ -104,6 +107,7 @@ class Tiered:
         window = self.empty_window(b)
       self.host_seconds += h1 - h0
       self.wait_seconds += h2 - h1
+    t.unmap()
     return jnp.concatenate(logits, 1), state
 
   def _window(self, q, rows, scores=None) -> Window:

@@ -54,6 +54,56 @@ def _fsync_dir(path: str) -> None:
     os.close(fd)
 
 
+class _Paged:
+  """A B x n x ... array that grows by fixed pages of PAGE blocks: never copied as it grows
+  (a doubling array would hold old and new copies at once, and the allocator keeps them)."""
+
+  PAGE = 1024
+
+  def __init__(self, batch: int, shape: tuple, dtype):
+    self.batch, self.shape, self.dtype = batch, shape, dtype
+    self.pages: list[np.ndarray] = []
+
+  def __setitem__(self, j: int, value) -> None:
+    p, o = divmod(j, self.PAGE)
+    while len(self.pages) <= p:
+      self.pages.append(np.zeros((self.batch, self.PAGE) + self.shape, self.dtype))
+    self.pages[p][:, o] = value
+
+  def at(self, row: int, j: int):
+    p, o = divmod(j, self.PAGE)
+    return self.pages[p][row, o]
+
+  def take(self, ids) -> np.ndarray:
+    """B x len(ids) x ...; a run of consecutive ids inside one page is a view."""
+    ids = np.asarray(ids, int)
+    if ids.size and ids[-1] - ids[0] == ids.size - 1 and ids[0] // self.PAGE == ids[-1] // self.PAGE:
+      p = ids[0] // self.PAGE
+      return self.pages[p][:, ids[0] - p * self.PAGE: ids[-1] - p * self.PAGE + 1]
+    out = np.empty((self.batch, ids.size) + self.shape, self.dtype)
+    for i, j in enumerate(ids):
+      p, o = divmod(int(j), self.PAGE)
+      out[:, i] = self.pages[p][:, o]
+    return out
+
+  def upto(self, n: int) -> np.ndarray:
+    if not n:
+      return np.zeros((self.batch, 0) + self.shape, self.dtype)
+    return np.concatenate(self.pages, 1)[:, :n]
+
+  def load(self, arr: np.ndarray) -> None:
+    self.pages = []
+    for j0 in range(0, arr.shape[1], self.PAGE):
+      page = np.zeros((self.batch, self.PAGE) + self.shape, self.dtype)
+      part = arr[:, j0:j0 + self.PAGE]
+      page[:, :part.shape[1]] = part
+      self.pages.append(page)
+
+  @property
+  def nbytes(self) -> int:
+    return sum(p.nbytes for p in self.pages)
+
+
 SCORE_CHUNK = 1024   # blocks scored at a time: bounded memory however long the stream
 
 
@@ -116,8 +166,8 @@ class Tiers:
     self.l2_k = np.zeros((batch, l2_blocks) + self.block_shape, self.dtype)
     self.l2_v = np.zeros_like(self.l2_k)
     self.n_blocks = 0
-    self._summary = np.zeros((batch, 16, kv_heads, head_dim), np.float32)   # grows by doubling
-    self._valid = np.zeros((batch, 16, block), bool)
+    self._summary = _Paged(batch, (kv_heads, head_dim), np.float32)   # per block, in RAM
+    self._valid = _Paged(batch, (block,), bool)
     self.key_sum = np.zeros((batch, kv_heads, head_dim), np.float64)   # of every stored key
     self.key_count = np.zeros((batch,), np.int64)
     self._maps: list = [None] * batch
@@ -134,13 +184,6 @@ class Tiers:
 
   def nbytes_ram(self) -> int:
     return self.l2_k.nbytes + self.l2_v.nbytes + self._summary.nbytes + self._valid.nbytes
-
-  def _grow(self, n: int) -> None:
-    if n > self._summary.shape[1]:
-      size = max(n, 2 * self._summary.shape[1])
-      pad = lambda a: np.concatenate(
-          [a, np.zeros((a.shape[0], size - a.shape[1]) + a.shape[2:], a.dtype)], 1)
-      self._summary, self._valid = pad(self._summary), pad(self._valid)
 
   # -- writing ------------------------------------------------------------------------------
 
@@ -166,13 +209,12 @@ class Tiers:
     if j >= self.l2_blocks:   # L2 full: its oldest block (j - l2_blocks) goes to L3, in order
       self._write_l3(slot)
     self.l2_k[:, slot], self.l2_v[:, slot] = k, v
-    self._grow(j + 1)
     w = valid_BxN[:, :, None, None]
     total = (k[:, 0] * w).sum(1)
-    self._summary[:, j] = total / np.maximum(valid_BxN.sum(1), 1)[:, None, None]
+    self._summary[j] = total / np.maximum(valid_BxN.sum(1), 1)[:, None, None]
     self.key_sum += total
     self.key_count += valid_BxN.sum(1)
-    self._valid[:, j] = valid_BxN
+    self._valid[j] = valid_BxN
     self.n_blocks = j + 1
     return True
 
@@ -192,15 +234,19 @@ class Tiers:
                                       shape=(self.n_l3, 2) + self.block_shape)
     return m[j, 0], m[j, 1]
 
+  def unmap(self) -> None:
+    """Drops the L3 mappings: the pages a retrieval read stop counting as resident memory."""
+    self._maps = [None] * self.batch
+
   def read_block(self, row: int, j: int):
     """(keys LxNxKxD, values, valid N) of block j of a row, from L2 or L3."""
     if not 0 <= j < self.n_blocks:
       raise IndexError(f"block {j} of {self.n_blocks}")
     if j >= self.n_l3:
       slot = j % self.l2_blocks
-      return self.l2_k[row, slot], self.l2_v[row, slot], self._valid[row, j]
+      return self.l2_k[row, slot], self.l2_v[row, slot], self._valid.at(row, j)
     k, v = self._l3_block(row, j)
-    return k, v, self._valid[row, j]
+    return k, v, self._valid.at(row, j)
 
   def scores(self, q_BxSxHxD, rows=None) -> np.ndarray:
     """B x n_blocks: how strongly the segment's queries address each block (`Scorer`)."""
@@ -213,7 +259,7 @@ class Tiers:
     b, s, h, d = q.shape
     q = q.reshape(b, s, self.kv_heads, h // self.kv_heads, d)
     mean = self.key_sum / np.maximum(self.key_count, 1)[:, None, None]
-    summ = self._summary[:, np.asarray(ids, int)] - mean[:, None].astype(np.float32)
+    summ = self._summary.take(ids) - mean[:, None].astype(np.float32)
     if rows is not None:
       summ = summ[np.asarray(rows)]
     return np.einsum("bskgd,bnkd->bnskg", q, summ).reshape(b, len(ids), s, h)
@@ -270,8 +316,8 @@ class Tiers:
     try:
       with os.fdopen(fd, "wb") as f:
         np.savez(f, meta=self.meta(), dtype=np.array(self.dtype.str), n_blocks=self.n_blocks,
-                 l2_k=self.l2_k, l2_v=self.l2_v, summary=self._summary[:, :self.n_blocks],
-                 valid=self._valid[:, :self.n_blocks], key_sum=self.key_sum,
+                 l2_k=self.l2_k, l2_v=self.l2_v, summary=self._summary.upto(self.n_blocks),
+                 valid=self._valid.upto(self.n_blocks), key_sum=self.key_sum,
                  key_count=self.key_count,
                  **{f"x_{k}": np.asarray(v) for k, v in (extra or {}).items()})
         f.flush()
@@ -322,8 +368,8 @@ class Tiers:
         with open(p, "rb+") as f:
           f.truncate(want)
     t.l2_k[...], t.l2_v[...] = l2_k, l2_v
-    t._grow(n)
-    t._summary[:, :n], t._valid[:, :n] = summ, valid
+    t._summary.load(summ)
+    t._valid.load(valid)
     t.key_sum[...], t.key_count[...] = key_sum, key_count
     t.extra = extra
     return t

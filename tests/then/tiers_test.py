@@ -121,7 +121,9 @@ def test_addressing_finds_the_distinct_block_and_its_successor(tmp_path):
   assert np.asarray(w.values_BxLxRxKxD)[0, 0, :, 0, 2].tolist() == [301, 301, 401, 401]
 
 
-def test_save_restore_is_identity_and_bad_files_are_one_line(tmp_path):
+def test_save_restore_is_identity_and_bad_files_are_one_line(tmp_path, monkeypatch):
+  from memjax.then import tiers as tiers_lib
+  monkeypatch.setattr(tiers_lib._Paged, "PAGE", 4)   # 6 blocks: two pages of summaries
   task, model = _model()
   params = model.init_params(jax.random.key(3))
   x = _stream(task, 2, 8, seed=3)
@@ -172,13 +174,14 @@ def test_a_block_of_the_wrong_shape_is_refused(tmp_path):
 def test_scorer_in_chunks_equals_one_pass(tmp_path, monkeypatch):
   from memjax.then import tiers as tiers_lib
   rng = np.random.default_rng(0)
+  monkeypatch.setattr(tiers_lib._Paged, "PAGE", 4)   # summaries over three pages
   t = Tiers(str(tmp_path), batch=2, layers=1, kv_heads=2, head_dim=4, block=3, l2_blocks=2)
-  for _ in range(10):
-    k = rng.normal(size=(2, 1, 3, 2, 4))
+  ks = rng.normal(size=(10, 2, 1, 3, 2, 4)).astype(np.float32)
+  for k in ks:
     t.append(k, k, np.ones((2, 3), bool))
   q = rng.normal(size=(2, 5, 4, 4)).astype(np.float32)   # 4 query heads on 2 kv heads
-  mean = t.key_sum / t.key_count[:, None, None]
-  summ = t._summary[:, :10] - mean[:, None]
+  block_means = ks[:, :, 0].mean(2).transpose(1, 0, 2, 3)   # B x 10 x K x D
+  summ = block_means - block_means.mean(1, keepdims=True)
   d = np.einsum("bskgd,bnkd->bnskg", q.reshape(2, 5, 2, 2, 4), summ).reshape(2, 10, 5, 4)
   want = ((d - d.mean(1, keepdims=True)) / d.std(1, keepdims=True)).max(2).sum(-1)
   monkeypatch.setattr(tiers_lib, "SCORE_CHUNK", 3)
