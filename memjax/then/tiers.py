@@ -275,12 +275,34 @@ class Tiers:
     out = np.full((b, max((len(x) for x in ids), default=0)), -np.inf, np.float32)
     for row in range(b):
       src = row if rows is None else int(rows[row])
-      for i, j in enumerate(ids[row]):
-        k, _, ok = self.read_block(src, int(j))
-        dots = np.einsum("skgd,nkd->nskg", q[row], k[0])[ok]   # valid traces only
-        if dots.size:
-          out[row, i] = dots.max((0, 1)).sum()
+      if not len(ids[row]):
+        continue
+      k, ok = self.read_keys(src, ids[row])                        # M x L x N x K x D, M x N
+      dots = np.einsum("skgd,mnkd->mnskg", q[row], k[:, 0])
+      dots = np.where(ok[:, :, None, None, None], dots, -np.inf)    # valid traces only
+      out[row, :len(ids[row])] = dots.max((1, 2)).sum((1, 2))
     return out
+
+  def read_keys(self, row: int, ids):
+    """(keys M x L x N x K x D, valid M x N) of blocks `ids` of a row: one read per tier."""
+    k, _, ok = self.read_blocks(row, ids, values=False)
+    return k, ok
+
+  def read_blocks(self, row: int, ids, *, values: bool = True):
+    """(keys M x L x N x K x D, values or None, valid M x N) of blocks `ids` of a row."""
+    ids = np.asarray(ids, int)
+    parts = (0, 1) if values else (0,)
+    out = [np.empty((ids.size,) + self.block_shape, self.dtype) for _ in parts]
+    in_l3 = ids < self.n_l3
+    if in_l3.any():
+      self._l3_block(row, int(ids[in_l3].max()))   # maps the file far enough
+      for o, p in zip(out, parts):
+        o[in_l3] = self._maps[row][ids[in_l3], p]
+    if (~in_l3).any():
+      slots = ids[~in_l3] % self.l2_blocks
+      for o, l2 in zip(out, (self.l2_k, self.l2_v)):
+        o[~in_l3] = l2[row, slots]
+    return out[0], (out[1] if values else None), self._valid.take(ids)[row]
 
   def gather(self, ids_BxK, width: int, rows=None):
     """Direct addressing: the window (keys BxLxRxKxD, values, valid BxR) holding, per row, the
@@ -291,10 +313,14 @@ class Tiers:
     valid = np.zeros((self.batch, r), bool)
     for b in range(self.batch):
       src = b if rows is None else int(rows[b])
-      for i, j in enumerate(ids_BxK[b]):
-        k, v, ok = self.read_block(src, int(j))
-        sl = slice(i * self.block, (i + 1) * self.block)
-        keys[b, :, sl], values[b, :, sl], valid[b, sl] = k, v, ok
+      m = len(ids_BxK[b])
+      if not m:
+        continue
+      k, v, ok = self.read_blocks(src, ids_BxK[b])   # M x L x N x K x D: blocks side by side
+      sl = slice(0, m * self.block)
+      keys[b, :, sl] = k.transpose(1, 0, 2, 3, 4).reshape(self.layers, -1, *k.shape[3:])
+      values[b, :, sl] = v.transpose(1, 0, 2, 3, 4).reshape(self.layers, -1, *v.shape[3:])
+      valid[b, sl] = ok.reshape(-1)
     return keys, values, valid
 
   # -- persistence --------------------------------------------------------------------------

@@ -190,3 +190,21 @@ def test_scorer_in_chunks_equals_one_pass(tmp_path, monkeypatch):
   perm = np.array([1, 0])
   # rows=perm: batch row 0 reads tier row 1 (the shuffled memory)
   np.testing.assert_allclose(t.scores(q, rows=perm)[0], t.scores(q[::-1])[1], rtol=1e-6)
+
+
+def test_rerank_is_the_best_key_match_of_each_block(tmp_path):
+  rng = np.random.default_rng(1)
+  t = Tiers(str(tmp_path), batch=2, layers=2, kv_heads=1, head_dim=4, block=3, l2_blocks=2)
+  for j in range(7):
+    k = rng.normal(size=(2, 2, 3, 1, 4))
+    valid = np.ones((2, 3), bool)
+    valid[:, 2] = j != 5   # block 5: its last trace is not a trace
+    t.append(k, k, valid)
+  q = rng.normal(size=(2, 4, 2, 4)).astype(np.float32)   # 2 query heads on one kv head
+  ids = [[0, 5, 6], [4, 1, 3]]                            # L3 and L2 blocks, any order
+  got = t.rerank(q, ids, rows=[1, 0])
+  for b, src in enumerate([1, 0]):
+    for i, j in enumerate(ids[b]):
+      k, _, ok = t.read_block(src, j)
+      want = np.einsum("shd,nd->nsh", q[b], k[0, :, 0])[ok].max((0, 1)).sum()
+      np.testing.assert_allclose(got[b, i], want, rtol=1e-6)
