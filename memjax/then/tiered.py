@@ -43,9 +43,12 @@ class Tiered:
     self.model, self.params, self.tiers, self.top_k, self.span = model, params, tiers, top_k, span
     self.chunk_segments, self.candidates = chunk_segments, candidates
     self.overlap = overlap   # False: wait for each step before any host work (to measure)
-    self._step = jax.jit(model.step)
-    self._chunk = jax.jit(model.ingest_chunk)
-    self._address = jax.jit(model.address)
+    jitted = model.__dict__.setdefault("_tiered_jit", {})   # one compile per model, not per run
+    for name in ("step", "ingest_chunk", "address"):
+      if name not in jitted:
+        jitted[name] = jax.jit(getattr(model, name))
+    self._step, self._chunk, self._address = (jitted["step"], jitted["ingest_chunk"],
+                                              jitted["address"])
     self.host_seconds = 0.0   # host work done while a step was in flight
     self.wait_seconds = 0.0   # host blocked on the device
 
