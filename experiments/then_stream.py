@@ -36,6 +36,8 @@ _CAPACITY = flags.DEFINE_integer("capacity", 0, "L1 ring-buffer capacity (0: the
 _TIER_DIR = flags.DEFINE_string("tier_dir", None, "Where L3 files go (default: a temporary dir).")
 _SEED = flags.DEFINE_integer("seed", 0, "Which eval examples and filler.")
 _OUT = flags.DEFINE_string("out", None, "Write the figures as JSON here.")
+_EXACT = flags.DEFINE_bool("exact", False, "Ingest one step per segment with retrieval (the "
+                           "reference path) instead of scanned chunks that read L1 only.")
 _OVERLAP = flags.DEFINE_integer("overlap_segments", 0, "Also time the stepwise path (retrieval "
                                 "every segment) over this many segments, with and without the "
                                 "host work overlapping the device step.")
@@ -92,7 +94,7 @@ def main(argv):
       t0 = time.perf_counter()
       out = streams.evaluate(model, state.params, task, rows, d, top_k=_TOP_K.value,
                              span=_SPAN.value, candidates=_CANDIDATES.value,
-                             l2_blocks=_L2.value, log=print)
+                             l2_blocks=_L2.value, exact=_EXACT.value, log=print)
       out.update(length=length, distance=rows.distance.tolist(), wall_seconds=time.perf_counter() - t0)
       results.append(out)
       shutil.rmtree(d, ignore_errors=True)

@@ -10,10 +10,11 @@ segment's window is read from host RAM / disk (numpy, np.memmap), which jit cann
 ingest fast path (`exact=False`) scans many segments in one jitted call and moves their
 evictions to the tiers afterwards (exact for one-layer models, see `ThenModel.ingest_chunk`).
 
-Overlap: jax dispatches a step asynchronously, so while segment i computes, the host makes the
-first scoring pass of segment i+1's queries over the blocks already stored (tiers.Scorer);
-after the step, segment i's evicted block is added, the second pass ranks the blocks and the
-window is gathered. `host_seconds` counts the host work done while a step was in flight,
+Overlap: jax dispatches a step asynchronously, so while segment i computes, the host chooses
+segment i+1's candidates among the blocks already stored and reranks them (both stages); after
+the step, only the block segment i evicted is reranked (it is always a candidate), the top-k
+taken and the window gathered. (Without the rerank, candidates <= top_k, the first scoring
+pass overlaps and the second follows the step.) `host_seconds` counts the host work done while a step was in flight,
 `wait_seconds` the time blocked on the device.
 """
 from __future__ import annotations
@@ -95,7 +96,11 @@ class Tiered:
       h0 = time.perf_counter()
       if use_tiers and not last:   # overlaps with the step in flight
         q_next = q[:, (i + 1) * s:(i + 2) * s]
-        scorer = tiers_lib.Scorer(t, q_next, rows).add(t.n_blocks)
+        n_old = t.n_blocks
+        if self.candidates > self.top_k:   # both stages over the blocks already stored
+          cand, exact = self._candidates(q_next, rows)
+        else:
+          scorer = tiers_lib.Scorer(t, q_next, rows).add(n_old)
       h1 = time.perf_counter()
       if keep:
         stored = t.append(*jax.device_get(evicted))
@@ -103,7 +108,15 @@ class Tiered:
         jax.block_until_ready(out)
         stored = False
       h2 = time.perf_counter()
-      if use_tiers and not last:
+      if use_tiers and not last and self.candidates > self.top_k:
+        if stored:   # the block this step evicted is always a candidate: rerank it alone
+          cand = np.concatenate([cand, np.full((b, 1), n_old)], 1)
+          exact = np.concatenate([exact, t.rerank(q_next, cand[:, -1:], rows)], 1)
+        k = min(self.top_k, cand.shape[1])
+        top = (np.take_along_axis(cand, np.argpartition(-exact, k - 1, axis=1)[:, :k], 1) if k
+               else cand[:, :0])
+        window = self._fetch(top, t.n_blocks, rows)
+      elif use_tiers and not last:
         # only the block this step evicted is left to add; then the z maxima (second pass)
         window = self._window(q_next, rows, scorer.add(t.n_blocks).scores())
       elif not last:
@@ -125,6 +138,22 @@ class Tiered:
       cand = np.argpartition(-scores, m - 1, axis=1)[:, :m]
       exact = t.rerank(q, cand, rows)
       top = np.take_along_axis(cand, np.argpartition(-exact, k - 1, axis=1)[:, :k], 1)
+    return self._fetch(top, n, rows)
+
+  def _candidates(self, q, rows):
+    """(candidates B x M, their exact scores B x M): the `candidates` best stored blocks by
+    summary, reranked (all of them when there are at most that many)."""
+    t = self.tiers
+    n = t.n_blocks
+    m = min(self.candidates, n)
+    if not m:
+      return np.zeros((q.shape[0], 0), int), np.zeros((q.shape[0], 0), np.float32)
+    cand = (np.argpartition(-t.scores(q, rows), m - 1, axis=1)[:, :m] if m < n
+            else np.broadcast_to(np.arange(n), (q.shape[0], n)).copy())
+    return cand, t.rerank(q, cand, rows)
+
+  def _fetch(self, top, n: int, rows) -> Window:
+    t = self.tiers
     ids = []
     for row in top:   # each chosen block and the span-1 after it, once, oldest first
       ids.append(sorted({j + i for j in row for i in range(self.span) if j + i < n}))
