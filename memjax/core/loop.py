@@ -246,9 +246,12 @@ def evaluate(config, system, task, params) -> dict:
   batch_size = t.get("eval_batch_size", t.batch_size)
   mesh = distributed.data_mesh(t.get("data_parallel", 1))
   params = distributed.replicate(params, mesh) if mesh is not None else params
-  local = distributed.local_batches(task, "eval", batch_size, t.seed, mesh)
-  batches = [distributed.to_global(b, mesh) for b in itertools.islice(iter(local), t.eval_batches)]
+  local = list(itertools.islice(iter(distributed.local_batches(task, "eval", batch_size, t.seed,
+                                                             mesh)), t.eval_batches))
+  batches = [distributed.to_global(b, mesh) for b in local]
   results = yardstick.evaluate(system, params, batches, task.chance)
+  if hasattr(task, "shuffled_baseline"):   # this process's rows: the figure is a statistic
+    results["baseline_shuffled"] = float(np.mean([task.shuffled_baseline(b) for b in local]))
   if system.extra_results is not None:
     results.update(system.extra_results(params, iter(batches)))
   return results

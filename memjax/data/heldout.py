@@ -2,9 +2,12 @@
 that training never touches.
 
 Two ways, chosen per task by what identifies an example (or the fact it asks for):
-  bindings   a key -> value binding is an eval binding when (value + offset(key)) mod V <
-             n_eval(V); every key keeps exactly n_eval(V) eval values and V - n_eval(V) train
-             values, so an eval example asks only for bindings no training example contains.
+  bindings   a key -> value binding is an eval binding when the value is among the first
+             n_eval(V) of a key-seeded permutation of the V values; every key keeps exactly
+             n_eval(V) eval values and V - n_eval(V) train values, so an eval example asks
+             only for bindings no training example contains. A random subset per key, not an
+             arc: with arcs, keys of nearby offsets share held-out values, and a model that
+             reads memory by key similarity turns a shuffled memory into a partial answer.
   whole      an example whose identity (a tuple of ints) hashes below FRACTION is eval-only;
              a split draws until it gets one of its own (`draw`).
 A fixed salt makes the partition the same on every machine and for every seed: changing the
@@ -12,6 +15,7 @@ seed changes the examples, never which part of the space they come from.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -45,14 +49,16 @@ def n_eval(num_values: int) -> int:
   return min(max(1, int(num_values * FRACTION)), num_values - 1)
 
 
-def _offset(key: tuple, num_values: int) -> int:
-  return int(unit(*key) * num_values)
+@functools.lru_cache(maxsize=1 << 16)
+def _order(key: tuple, num_values: int) -> np.ndarray:
+  """The key's values, eval ones first (seeded by the salted hash: the same on every machine)."""
+  return np.random.default_rng(int(unit(*key) * 2.0 ** 63)).permutation(num_values)
 
 
 def binding_is_eval(key, value: int, num_values: int) -> bool:
   """Whether the binding key -> value is held out (key: an int or a tuple of ints)."""
   key = key if isinstance(key, tuple) else (key,)
-  return (value + _offset(key, num_values)) % num_values < n_eval(num_values)
+  return value in _order(key, num_values)[:n_eval(num_values)]
 
 
 def draw_value(rng: np.random.Generator, key, num_values: int, heldout: bool) -> int:
@@ -60,7 +66,7 @@ def draw_value(rng: np.random.Generator, key, num_values: int, heldout: bool) ->
   key = key if isinstance(key, tuple) else (key,)
   k = n_eval(num_values)
   r = int(rng.integers(0, k)) if heldout else int(rng.integers(k, num_values))
-  return (r - _offset(key, num_values)) % num_values
+  return int(_order(key, num_values)[r])
 
 
 def draw(rng: np.random.Generator, make, identity, heldout: bool, what: str = "example"):

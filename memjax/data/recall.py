@@ -174,6 +174,22 @@ class AssocRecall(SyntheticTask):
     src = tfds_recall.data_source(builder, "train" if split == "train" else "eval")
     return grain.MapDataset.source(src).repeat()
 
+  def shuffled_baseline(self, batch) -> float:
+    """What a reader that answers from the memory it is given scores when row b holds row b-1's
+    memory (the yardstick's `shuffled`): right where that memory binds the asked key to the
+    same value, wrong where it binds it to another, chance where it lacks the key. Above chance
+    because held-out bindings leave each key only n_eval values to share."""
+    inputs, answer = np.asarray(batch["inputs"]), np.asarray(batch["answer"])
+    targets = np.asarray(batch["targets"])
+    pairs = inputs[:, 1:1 + 2 * self.c.num_pairs]          # after the one leading filler token
+    bound = [dict(zip(p[0::2].tolist(), p[1::2].tolist())) for p in pairs]
+    scores = []
+    for b, t in zip(*np.nonzero(answer)):
+      other = bound[(b - 1) % len(bound)]
+      key = int(inputs[b, t])
+      scores.append(self.chance if key not in other else float(other[key] == targets[b, t]))
+    return float(np.mean(scores))
+
   def example(self, rng, heldout):
     c, s = self.c, self.segment_len
     filler = lambda n: self.filler0 + rng.integers(0, c.num_filler, n)

@@ -127,3 +127,35 @@ def test_binding_split_gives_every_key_a_quarter_of_its_values():
       assert {heldout.draw_value(rng, key, v, True) for _ in range(200)} == set(held)
       assert {heldout.draw_value(rng, key, v, False) for _ in range(400)} == \
           set(range(v)) - set(held)
+
+
+def test_held_out_value_sets_are_independent_across_keys():
+  # Arcs (value + offset(key)) gave keys of equal offset the same held-out values, so a model
+  # that matched a missing key to a look-alike key answered from a shuffled memory above chance.
+  v, n = 64, heldout.n_eval(64)
+  held = [frozenset(x for x in range(v) if heldout.binding_is_eval(k, x, v)) for k in range(256)]
+  overlaps = [len(a & b) for i, a in enumerate(held) for b in held[i + 1:]]
+  assert max(overlaps) < n   # 256 keys on 64 arcs would repeat a set; random 16-sets do not
+  assert abs(np.mean(overlaps) - n * n / v) < 0.2   # independent sets share n^2 / V on average
+
+
+
+def test_shuffled_baseline_counts_what_the_partner_memory_holds():
+  task = recall.AssocRecall(recall.AssocRecall.defaults())
+  k, v = task.key0, task.value0
+
+  def row(pairs, asked):   # [filler | k v k v ... | queries k v ...], the answer on each v
+    inputs = np.full(12, task.filler0)
+    inputs[1:1 + 2 * len(pairs)] = np.ravel(pairs)
+    inputs[-2 * len(asked):] = np.ravel(asked)
+    targets = np.roll(inputs, -1)
+    answer = np.zeros(12, int)
+    answer[len(inputs) - 2 * len(asked) + 2 * np.arange(len(asked))] = 1
+    return inputs, targets, answer
+
+  rows = [row([(k + 1, v + 5), (k + 2, v + 6)], [(k + 9, v + 1), (k + 8, v + 2)]),
+          row([(k + 9, v + 1), (k + 8, v + 3)], [(k + 1, v + 5), (k + 3, v + 4)])]
+  batch = {n: np.stack([r[i] for r in rows]) for i, n in enumerate(("inputs", "targets", "answer"))}
+  # Row 0 reads row 1's memory: key 9 bound to the right value (1), key 8 to another (0).
+  # Row 1 reads row 0's: key 1 bound right (1), key 3 absent (chance).
+  assert task.shuffled_baseline(batch) == pytest.approx((1 + 0 + 1 + task.chance) / 4)
