@@ -8,18 +8,16 @@ one block per segment:
   L3  one append-only file per batch row, `<directory>/l3-<row>.bin`, read through np.memmap;
       a block leaves L2 for L3 when L2 is full, so L3 holds blocks 0 .. n_l3-1 in order.
 
-Every block keeps a summary key in RAM: the mean of its first layer's keys per kv head. A row
-also keeps the running mean of every key it stored. Addressing (`Scorer`): each first-layer query
-of the segment is dotted with every block's summary minus the running mean, z-scored over the
-blocks; a block's score is the best query's z per head, summed over heads. The best
-`candidates` blocks by that score are then read whole (L2 or L3) and ranked exactly (`rerank`:
-the largest dot product of a query with any of the block's keys), and the top-k of those are read
-back into a retrieval window. Centering removes what every block shares (on the recall
-task: the filler), so a block scores by how it differs from the stream's typical trace; the z
-per query keeps queries that match everything a little (filler positions) from outranking one
-that matches one block a lot (a key asked about). Not learned; measured on the trained
-then_recall model in BUILD_NOTES.md. k large enough to fetch every block gives exactly the
-traces L1 evicted (the equivalence tests).
+Every block keeps a summary in RAM: the elementwise max and min of its first-layer keys per kv
+head (float16, rounded outward), so q+ . max + q- . min bounds from above the dot product of a
+query q with any key of the block (the page bound of Quest, Tang et al. 2024). Addressing
+(`Scorer`): each first-layer query's bound on every block, z-scored over the blocks; a block's
+score is the best query's z per head, summed over heads. The best `candidates` blocks by that
+score are then read whole (L2 or L3) and ranked exactly (`rerank`: the largest dot product of a
+query with any of the block's keys), and the top-k of those are read back into a retrieval
+window. Not learned; measured on the trained then_recall model in BUILD_NOTES.md (the block
+mean key, tried first, missed the pair block on main's 256-key model). k large enough to fetch
+every block gives exactly the traces L1 evicted (the equivalence tests).
 
 The tiers hold numpy arrays and files: they live outside jit. The whole batch advances in
 lockstep (every row stores the same number of blocks); a row's traces are read only by that row
@@ -108,9 +106,8 @@ SCORE_CHUNK = 1024   # blocks scored at a time: bounded memory however long the 
 
 
 class Scorer:
-  """Block scores for one segment's queries: each query's dot product with each block's summary
-  (minus the row's running mean) is z-scored over the blocks; a block's score is the best
-  query's z per head, summed over heads. A query that picks out one block (a key asked about)
+  """Block scores for one segment's queries: each query's bound on each block (`Tiers.dots`) is
+  z-scored over the blocks; a block's score is the best query's z per head, summed over heads. A query that picks out one block (a key asked about)
   gives it a z far above what any query gives a block by chance, however many blocks there are.
 
   Two passes over the blocks in chunks of SCORE_CHUNK (the per-query mean and spread, then the
@@ -166,10 +163,10 @@ class Tiers:
     self.l2_k = np.zeros((batch, l2_blocks) + self.block_shape, self.dtype)
     self.l2_v = np.zeros_like(self.l2_k)
     self.n_blocks = 0
-    self._summary = _Paged(batch, (kv_heads, head_dim), np.float32)   # per block, in RAM
+    # per block, in RAM: elementwise max and min of its first-layer keys per kv head (float16,
+    # rounded outward, so q . k <= bound still holds)
+    self._summary = _Paged(batch, (2, kv_heads, head_dim), np.float16)
     self._valid = _Paged(batch, (block,), bool)
-    self.key_sum = np.zeros((batch, kv_heads, head_dim), np.float64)   # of every stored key
-    self.key_count = np.zeros((batch,), np.int64)
     self._maps: list = [None] * batch
     self.extra: dict = {}   # arrays saved with the tiers (`save(extra=...)`)
 
@@ -210,10 +207,12 @@ class Tiers:
       self._write_l3(slot)
     self.l2_k[:, slot], self.l2_v[:, slot] = k, v
     w = valid_BxN[:, :, None, None]
-    total = (k[:, 0] * w).sum(1)
-    self._summary[j] = total / np.maximum(valid_BxN.sum(1), 1)[:, None, None]
-    self.key_sum += total
-    self.key_count += valid_BxN.sum(1)
+    hi = np.where(w, k[:, 0], -np.inf).max(1).astype(np.float32)   # B x K x D, valid traces only
+    lo = np.where(w, k[:, 0], np.inf).min(1).astype(np.float32)
+    hi16, lo16 = hi.astype(np.float16), lo.astype(np.float16)
+    hi16 = np.where(hi16.astype(np.float32) < hi, np.nextafter(hi16, np.float16(np.inf)), hi16)
+    lo16 = np.where(lo16.astype(np.float32) > lo, np.nextafter(lo16, np.float16(-np.inf)), lo16)
+    self._summary[j] = np.stack([hi16, lo16], 1)
     self._valid[j] = valid_BxN
     self.n_blocks = j + 1
     return True
@@ -253,17 +252,18 @@ class Tiers:
     return Scorer(self, q_BxSxHxD, rows).add(self.n_blocks).scores()
 
   def dots(self, q_BxSxHxD, ids, rows=None) -> np.ndarray:
-    """B x len(ids) x S x H: each query's dot product with each block's summary key minus the
-    row's running mean key (the query head's kv head)."""
+    """B x len(ids) x S x H: for each query, an upper bound of its dot product with any
+    first-layer key of each block: sum_d max(q_d hi_d, q_d lo_d) = q+ . hi + q- . lo, with hi
+    and lo the block's elementwise max and min keys (its kv head's)."""
     q = np.asarray(q_BxSxHxD, np.float32)
     b, s, h, d = q.shape
     q = q.reshape(b, s, self.kv_heads, h // self.kv_heads, d)
-    mean = self.key_sum / np.maximum(self.key_count, 1)[:, None, None]
-    summ = self._summary.take(ids) - mean[:, None].astype(np.float32)
+    summ = self._summary.take(ids).astype(np.float32)   # B x M x 2 x K x D
     if rows is not None:
       summ = summ[np.asarray(rows)]
-    return np.einsum("bskgd,bnkd->bnskg", q, summ).reshape(b, len(ids), s, h)
-
+    bound = (np.einsum("bskgd,bnkd->bnskg", np.maximum(q, 0), summ[:, :, 0])
+             + np.einsum("bskgd,bnkd->bnskg", np.minimum(q, 0), summ[:, :, 1]))
+    return bound.reshape(b, len(ids), s, h)
 
   def rerank(self, q_BxSxHxD, ids, rows=None) -> np.ndarray:
     """B x M: exact scores of candidate blocks ids[row] (M each), read whole from L2/L3: per
@@ -343,8 +343,7 @@ class Tiers:
       with os.fdopen(fd, "wb") as f:
         np.savez(f, meta=self.meta(), dtype=np.array(self.dtype.str), n_blocks=self.n_blocks,
                  l2_k=self.l2_k, l2_v=self.l2_v, summary=self._summary.upto(self.n_blocks),
-                 valid=self._valid.upto(self.n_blocks), key_sum=self.key_sum,
-                 key_count=self.key_count,
+                 valid=self._valid.upto(self.n_blocks),
                  **{f"x_{k}": np.asarray(v) for k, v in (extra or {}).items()})
         f.flush()
         os.fsync(f.fileno())
@@ -371,7 +370,6 @@ class Tiers:
       with np.load(path) as f:
         meta, dtype, n = f["meta"], str(f["dtype"]), int(f["n_blocks"])
         l2_k, l2_v, summ, valid = f["l2_k"], f["l2_v"], f["summary"], f["valid"]
-        key_sum, key_count = f["key_sum"], f["key_count"]
         extra = {k[2:]: f[k] for k in f.files if k.startswith("x_")}
     except Exception as e:  # a damaged zip, a missing key: say which file
       raise TierError(f"{path}: unreadable tier file ({type(e).__name__})") from None
@@ -380,8 +378,8 @@ class Tiers:
                       f"{t.meta().tolist()} {t.dtype.str} (batch, layers, kv_heads, head_dim, "
                       f"block, l2_blocks)")
     if (l2_k.shape != t.l2_k.shape or l2_v.shape != t.l2_k.shape
-        or summ.shape != (t.batch, n, t.kv_heads, t.head_dim) or valid.shape != (t.batch, n, t.block)
-        or key_sum.shape != t.key_sum.shape or key_count.shape != t.key_count.shape):
+        or summ.shape != (t.batch, n, 2, t.kv_heads, t.head_dim)
+        or valid.shape != (t.batch, n, t.block)):
       raise TierError(f"{path}: its arrays do not match its dims")
     t.n_blocks = n
     want = t.n_l3 * t.block_bytes
@@ -396,6 +394,5 @@ class Tiers:
     t.l2_k[...], t.l2_v[...] = l2_k, l2_v
     t._summary.load(summ)
     t._valid.load(valid)
-    t.key_sum[...], t.key_count[...] = key_sum, key_count
     t.extra = extra
     return t

@@ -180,9 +180,21 @@ def test_scorer_in_chunks_equals_one_pass(tmp_path, monkeypatch):
   for k in ks:
     t.append(k, k, np.ones((2, 3), bool))
   q = rng.normal(size=(2, 5, 4, 4)).astype(np.float32)   # 4 query heads on 2 kv heads
-  block_means = ks[:, :, 0].mean(2).transpose(1, 0, 2, 3)   # B x 10 x K x D
-  summ = block_means - block_means.mean(1, keepdims=True)
-  d = np.einsum("bskgd,bnkd->bnskg", q.reshape(2, 5, 2, 2, 4), summ).reshape(2, 10, 5, 4)
+  # the bound: the largest q . k over every sign pattern of the block's max/min corners
+  stored = t._summary.upto(10).astype(np.float32)   # B x 10 x 2 x K x D, float16 kept
+  hi_true = ks[:, :, 0].max(2).transpose(1, 0, 2, 3)
+  lo_true = ks[:, :, 0].min(2).transpose(1, 0, 2, 3)
+  hi, lo = stored[:, :, 0], stored[:, :, 1]
+  assert (hi >= hi_true).all() and (lo <= lo_true).all()   # rounded outward
+  ulp = 2.0 ** -9 * np.maximum(np.abs(hi_true), np.abs(lo_true)) + 2.0 ** -24
+  assert (hi - hi_true <= ulp).all() and (lo_true - lo <= ulp).all()   # by at most one ulp
+  qq = q.reshape(2, 5, 2, 2, 4)
+  d = np.einsum("bskgd,bnkd->bnskg", np.maximum(qq, 0), hi) + np.einsum(
+      "bskgd,bnkd->bnskg", np.minimum(qq, 0), lo)
+  d = d.reshape(2, 10, 5, 4)
+  keys = ks[:, :, 0].transpose(1, 0, 2, 3, 4)   # B x 10 blocks x 3 traces x K x D
+  exact = np.einsum("bskgd,bntkd->bnstkg", qq, keys).max(3).reshape(2, 10, 5, 4)
+  assert (t.dots(q, np.arange(10)) >= exact - 1e-6).all()   # an upper bound of every q . k
   want = ((d - d.mean(1, keepdims=True)) / d.std(1, keepdims=True)).max(2).sum(-1)
   monkeypatch.setattr(tiers_lib, "SCORE_CHUNK", 3)
   sc = tiers_lib.Scorer(t, q).add(4).add(10)
