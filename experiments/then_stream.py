@@ -21,7 +21,8 @@ from absl import flags, logging
 from memjax.core import cli
 from memjax.core.config import ConfigError
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A then_recall workdir written by experiments/train.py.")
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                               "A then_recall workdir written by experiments/train.py.")
 _LENGTHS = flags.DEFINE_string("lengths", "10000,100000,1000000",
                                "Stream lengths in tokens (rounded down to whole segments).")
 _DEPTHS = flags.DEFINE_string("depths", "", "Instead of --lengths: tasks of N segments (pairs in "
@@ -95,7 +96,8 @@ def main(argv):
       out = streams.evaluate(model, state.params, task, rows, d, top_k=_TOP_K.value,
                              span=_SPAN.value, candidates=_CANDIDATES.value,
                              l2_blocks=_L2.value, exact=_EXACT.value, log=print)
-      out.update(length=length, distance=rows.distance.tolist(), wall_seconds=time.perf_counter() - t0)
+      out.update(length=length, distance=rows.distance.tolist(),
+                 wall_seconds=time.perf_counter() - t0)
       results.append(out)
       shutil.rmtree(d, ignore_errors=True)
   finally:

@@ -111,7 +111,8 @@ def evaluate(model: ThenModel, params, task, rows: RecallStream, directory: str,
     if log:
       el, done = time.perf_counter() - t0, min(a + step, total)
       log(f"  ingested {done:>9,} tokens/row  {b * done / el:>9,.0f} "
-          f"tok/s  RSS {current_rss_mb():7.0f} MB  L3 {tiers.n_l3 * tiers.block_bytes * b / 2**20:7.1f} MB")
+          f"tok/s  RSS {current_rss_mb():7.0f} MB  "
+          f"L3 {tiers.n_l3 * tiers.block_bytes * b / 2**20:7.1f} MB")
   jax.block_until_ready(state)
   seconds = time.perf_counter() - t0
   q = rows.question

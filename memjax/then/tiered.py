@@ -14,8 +14,8 @@ Overlap: jax dispatches a step asynchronously, so while segment i computes, the 
 segment i+1's candidates among the blocks already stored and reranks them (both stages); after
 the step, only the block segment i evicted is reranked (it is always a candidate), the top-k
 taken and the window gathered. (Without the rerank, candidates <= top_k, the first scoring
-pass overlaps and the second follows the step.) `host_seconds` counts the host work done while a step was in flight,
-`wait_seconds` the time blocked on the device.
+pass overlaps and the second follows the step.) `host_seconds` counts the host work done
+while a step was in flight, `wait_seconds` the time blocked on the device.
 """
 from __future__ import annotations
 

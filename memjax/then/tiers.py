@@ -75,7 +75,8 @@ class _Paged:
   def take(self, ids) -> np.ndarray:
     """B x len(ids) x ...; a run of consecutive ids inside one page is a view."""
     ids = np.asarray(ids, int)
-    if ids.size and ids[-1] - ids[0] == ids.size - 1 and ids[0] // self.PAGE == ids[-1] // self.PAGE:
+    run = ids.size and ids[-1] - ids[0] == ids.size - 1
+    if run and ids[0] // self.PAGE == ids[-1] // self.PAGE:
       p = ids[0] // self.PAGE
       return self.pages[p][:, ids[0] - p * self.PAGE: ids[-1] - p * self.PAGE + 1]
     out = np.empty((self.batch, ids.size) + self.shape, self.dtype)
@@ -107,8 +108,9 @@ SCORE_CHUNK = 1024   # blocks scored at a time: bounded memory however long the 
 
 class Scorer:
   """Block scores for one segment's queries: each query's bound on each block (`Tiers.dots`) is
-  z-scored over the blocks; a block's score is the best query's z per head, summed over heads. A query that picks out one block (a key asked about)
-  gives it a z far above what any query gives a block by chance, however many blocks there are.
+  z-scored over the blocks; a block's score is the best query's z per head, summed over heads.
+  A query that picks out one block (a key asked about) gives it a z far above what any query
+  gives a block by chance, however many blocks there are.
 
   Two passes over the blocks in chunks of SCORE_CHUNK (the per-query mean and spread, then the
   z maxima), so memory stays bounded; `add` takes the blocks in any number of calls (the first
