@@ -12,9 +12,10 @@ Layout: <state_dir>/<user>/state.npz, nothing else of a user's anywhere else. Wi
 the block summaries in one atomic file, and <state_dir>/<user>/l3-0.bin the append-only L3.
 A user id is a name, never a path: 1-64 characters of [A-Za-z0-9_-]. A save writes a
 temporary file in the user's own directory, fsyncs it, renames it over state.npz and fsyncs
-the directory, so a kill at any point leaves either the old or the new state; temporaries a kill left behind are
-removed the next time the store is opened. The file records the tree structure and the model
-identity it was written for, and `load` refuses a file of another model or structure.
+the directory, so a kill at any point leaves either the old or the new state; temporaries a
+kill left behind are removed the next time the store is opened. The file records the tree
+structure and the model identity it was written for, and `load` refuses a file of another model
+or structure.
 """
 from __future__ import annotations
 
