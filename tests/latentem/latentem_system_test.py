@@ -37,8 +37,45 @@ def built():
   return c, task, lt, params, batch
 
 
-def _latents(lt, params, removed):
-  return np.asarray(jax.jit(lambda p, r, f: lt.latents(p, "lora", f, r))(params, removed, lt.frozen))
+def _latents(lt, params, removed, segments=None):
+  return np.asarray(jax.jit(lambda p, r, s, f: lt.latents(p, "lora", f, r, s))(
+      params, removed, segments, lt.frozen))
+
+
+def test_segment_pool_gives_one_latent_per_statement():
+  c = _config(readers=("lora",), aux_losses=("distill", "slots"), segment_pool=True,
+              raw_embeddings=True)
+  loop.validate(c)
+  task = tasks.make_task(c.task)
+  lt = system_lib.Latentem(c, task)
+  params = lt.init(jax.random.key(0))
+  batch = next(iter(task.batches("train", 2, 0)))
+  base = _latents(lt, params, batch["removed"], batch["segments"])
+  # Statement 3's digit changed: latent 3 changes most. The encoder is bidirectional, so the
+  # others move a little, but each latent pools only its own statement's tokens.
+  removed = np.array(batch["removed"])
+  pos = batch["digit_pos"][0, 3]
+  removed[0, pos] = task.digit_ids[(task.digit_ids.index(removed[0, pos]) + 1) % 10]
+  diff = np.abs(_latents(lt, params, removed, batch["segments"]) - base)[0].max(-1)
+  assert diff.argmax() == 3 and diff[3] > 1e-4
+  # The segments steer the pooling: another example's segments, other latents.
+  other = np.array(batch["segments"])[::-1]
+  assert np.abs(_latents(lt, params, batch["removed"], other) - base).max() > 1e-4
+  # The distillation and slot losses are finite, with a gradient reaching the compressor.
+  jb = {k: jnp.asarray(v) for k, v in batch.items()}
+  met = jax.jit(lambda p, b, f: lt.branch_loss(p, b, f, "lora", jax.random.key(1))[1])(
+      params, jb, lt.frozen)
+  for k in ("lora/loss_distill", "lora/loss_slots", "lora/accuracy_slots"):
+    assert np.isfinite(float(met[k])), k
+  g = jax.jit(jax.grad(lambda p, b, f: lt.branch_loss(p, b, f, "lora", jax.random.key(1))[0]))(
+      params, jb, lt.frozen)
+  assert float(optax_norm(g["lora_compressor"])) > 0
+  with pytest.raises(ConfigError, match="one latent per statement"):
+    loop.validate(_config(segment_pool=True, num_latents=4))
+
+
+def optax_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree)))
 
 
 def test_latents_depend_on_the_removed_statements_not_the_question(built):
