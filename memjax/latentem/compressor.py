@@ -11,6 +11,12 @@
     -> MLP, linear to the reader's width, RMS-normalised and scaled to the reader's own
        embedding scale -> latents_BxKxD
 
+Two switches, both measured on Gemma 3 270M (BUILD_NOTES.md, Latentem): `segments_BxR` (one
+latent per removed statement: latent k pools only statement k's tokens, the boundaries the task
+knows) and `token_values` (the pooled values are the reader's own token embeddings, mapped per
+head, starting as the identity; the encoder then only decides where each latent looks; the
+MLP / out path is unused).
+
 The interface (features of the removed tokens and their mask in, K embeddings out) is the one a
 diffusion-style writer (noise refined over denoise steps, cross-attending to the same encoding)
 would keep, so one can stand in for the other.
@@ -44,7 +50,7 @@ class LatentCompressor(nnx.Module):
 
   def __init__(self, feature_dim: int, out_dim: int, *, num_latents: int, dim: int, layers: int,
                heads: int, max_len: int, out_scale: float, locality: float = 4.0,
-               rngs: nnx.Rngs):
+               token_values: bool = False, rngs: nnx.Rngs):
     self.in_norm = RMSNorm(feature_dim)
     self.inp = nnx.Linear(feature_dim, dim, rngs=rngs)
     self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (max_len, dim)))
@@ -64,6 +70,16 @@ class LatentCompressor(nnx.Module):
     self.out = nnx.Linear(dim, out_dim, rngs=rngs)
     self.out_norm = RMSNorm(out_dim)
     self.out_scale = nnx.Param(jnp.asarray(out_scale, jnp.float32))
+    self.token_values = token_values
+    if token_values:
+      # Per head, a map of the pooled token embeddings back into the reader's space: head 0
+      # the identity (at init its part of a latent is a mix of its tokens' own embeddings,
+      # something the reader already reads), the others random rotations. With every head the
+      # identity, the heads' picks add up to one bag of tokens (KEY85 = 9 and KEY89 = 5 alike:
+      # three digit tokens); the key never became readable from the latents (linear read-out
+      # of the key at chance after 30 steps, measured), so neither could the reader's lookup.
+      rot = jnp.linalg.qr(jax.random.normal(rngs.params(), (heads, out_dim, out_dim)))[0]
+      self.value_maps = nnx.Param(rot.at[0].set(jnp.eye(out_dim)) * heads ** -0.5)
 
   def encode(self, features_BxRxF, mask_BxR):
     r = features_BxRxF.shape[1]
@@ -72,7 +88,7 @@ class LatentCompressor(nnx.Module):
       x = block(x, mask_BxR)
     return x
 
-  def pooled(self, q_BxKxD, enc_BxRxD, mask_BxR):
+  def pooled(self, q_BxKxD, enc_BxRxD, mask_BxKxR):
     """Multi-head cross-attention of the K queries over the R encoded tokens, plus pool_bias."""
     b, k, d = q_BxKxD.shape
     r, h = enc_BxRxD.shape[1], self.heads
@@ -80,17 +96,33 @@ class LatentCompressor(nnx.Module):
     kk = self.pool_k(enc_BxRxD).reshape(b, r, h, d // h)
     v = self.pool_v(enc_BxRxD).reshape(b, r, h, d // h)
     s = jnp.einsum("bkhd,brhd->bhkr", q, kk) * (d // h) ** -0.5 + self.pool_bias[...][:, :r]
-    s = jnp.where(mask_BxR[:, None, None, :], s, -1e30)
-    y = jnp.einsum("bhkr,brhd->bkhd", jax.nn.softmax(s, -1), v).reshape(b, k, d)
-    return self.pool_o(y)
+    s = jnp.where(mask_BxKxR[:, None], s, -1e30)
+    a = jax.nn.softmax(s, -1)
+    y = jnp.einsum("bhkr,brhd->bkhd", a, v).reshape(b, k, d)
+    return self.pool_o(y), a
 
-  def __call__(self, features_BxRxF: jax.Array, mask_BxR: jax.Array | None = None) -> jax.Array:
+  def __call__(self, features_BxRxF: jax.Array, mask_BxR: jax.Array | None = None,
+               segments_BxR: jax.Array | None = None,
+               tokens_BxRxD: jax.Array | None = None) -> jax.Array:
+    """segments_BxR (optional): which latent each removed token belongs to (-1: none); latent k
+    then pools only its own tokens (one latent per statement). Without it, latent k may pool
+    every token, with the locality prior. tokens_BxRxD: the reader's own embeddings of the
+    removed tokens, the pooled values when token_values is on."""
     b, r, _ = features_BxRxF.shape
     if mask_BxR is None:
       mask_BxR = jnp.ones((b, r), bool)
     enc = self.encode(features_BxRxF, mask_BxR)
+    pool_mask = jnp.broadcast_to(mask_BxR[:, None, :], (b, self.queries.shape[0], r))
+    if segments_BxR is not None:
+      own = segments_BxR[:, None, :] == jnp.arange(self.queries.shape[0])[None, :, None]
+      # A latent whose statement is absent falls back to every token (no empty softmax).
+      pool_mask = pool_mask & (own | ~own.any(-1, keepdims=True))
     q = jnp.broadcast_to(self.queries[...], (b,) + self.queries.shape)
     # No residual from the queries: they are the same for every example, and would dominate.
-    h = self.pooled(self.pool_norm(q), self.ctx_norm(enc), mask_BxR)
+    h, attn_BxHxKxR = self.pooled(self.pool_norm(q), self.ctx_norm(enc), pool_mask)
+    if self.token_values:
+      # The same attention, pooling the reader's token embeddings, mapped per head.
+      y = jnp.einsum("bhkr,brd->bhkd", attn_BxHxKxR, tokens_BxRxD.astype(jnp.float32))
+      return jnp.einsum("bhkd,hde->bke", y, self.value_maps[...])
     h = h + self.mlp(self.mlp_norm(h))
     return self.out_norm(self.out(h)) * self.out_scale[...]

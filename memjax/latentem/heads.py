@@ -51,3 +51,20 @@ class ReconstructionHead(nnx.Module):
     q = jnp.broadcast_to(self.queries[...], (b,) + self.queries.shape)
     x = q + self.attn(q, self.mem_in(self.mem_norm(latents_BxKxD)))
     return self.out(x)  # B x R x classes
+
+
+class BindingHead(nnx.Module):
+  """Linear read-outs of latent k -> the key and the digit of removed statement k (one latent
+  per statement): the binding itself as a target, so the compressor cannot drop the content
+  while the reader has not yet learnt to look it up. A key (0-99) is read as its two factors
+  (key // 10, key % 10: the two digits of KEYnn, the colour and the object of the prose
+  names), each ten-way: one 100-way linear read-out learnt far slower (measured)."""
+
+  def __init__(self, reader_dim: int, *, rngs: nnx.Rngs):
+    self.norm = RMSNorm(reader_dim)
+    self.out = nnx.Linear(reader_dim, 30, rngs=rngs)
+
+  def __call__(self, latents_BxKxD):
+    """B x K x 3 x 10 logits: key // 10, key % 10, digit."""
+    y = self.out(self.norm(latents_BxKxD))
+    return y.reshape(y.shape[:-1] + (3, 10))

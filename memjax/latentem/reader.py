@@ -53,6 +53,22 @@ class Reader:
       x, _ = jax.lax.scan(body, x, per_layer)
     return jax.lax.stop_gradient(x)
 
+  def layer_states(self, frozen, embeds_BxTxD):
+    """Every block's output of the frozen reader (no LoRA) on these embeddings, L x B x T x D;
+    differentiable in the embeddings (the distillation student) or not (stop_gradient outside)."""
+    m = nnx.merge(self.graphdef, frozen)
+    b, t, _ = embeds_BxTxD.shape
+    pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    g, st = nnx.split(m.blocks)
+    per_layer = (st, jnp.asarray(m.windows, jnp.int32), jnp.asarray(m.thetas, jnp.float32),
+                 jnp.asarray(m.rope_scales, jnp.float32))
+
+    def body(x, xs):
+      s, window, theta, scale = xs
+      x = nnx.merge(g, s)(x, pos, window, theta, scale)[0]
+      return x, x
+    return jax.lax.scan(body, embeds_BxTxD.astype(m.dtype), per_layer)[1]
+
   def bos_embeds(self, frozen, batch: int):
     return self.embed(frozen, jnp.full((batch, 1), self.bos, jnp.int32))
 

@@ -43,12 +43,12 @@ from memjax.core import yardstick
 from memjax.core.system import System
 from memjax.latentem import reader_loading
 from memjax.latentem.compressor import LatentCompressor
-from memjax.latentem.heads import DigitProbe, ReconstructionHead
+from memjax.latentem.heads import BindingHead, DigitProbe, ReconstructionHead
 from memjax.latentem.reader import Reader, scores
 from memjax.layers import lora as lora_lib
 
 READERS = ("lora", "frozen")
-AUX_LOSSES = ("probe", "contrastive", "reconstruction")
+AUX_LOSSES = ("probe", "contrastive", "reconstruction", "distill", "slots", "binding")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
@@ -58,7 +58,8 @@ def defaults() -> ml_collections.ConfigDict:
       num_latents=8, dim=256, layers=2, heads=4, encoder_reader_layers=4, soft_prompt=0,
       lora_rank=8, lora_alpha=16.0, lora_targets=("q", "k", "v", "o"),
       aux_losses=("probe",), probe_weight=1.0, contrastive_weight=1.0,
-      reconstruction_weight=0.1, probe_dim=128,
+      reconstruction_weight=0.1, probe_dim=128, distill_weight=1.0, slots_weight=1.0, binding_weight=1.0, slots_asked=4,
+      segment_pool=False, raw_embeddings=False, token_values=False, probe_detach=False,
       oracle_weight=1.0, oracle_batch=4, train_kept=0,
       debug=dict(update_check=False, grad_check=False)))
 
@@ -89,6 +90,12 @@ def validate(config) -> None:
               f"budget of {t.budget} tokens")
   cfg.require(m.num_latents < t.removed_tokens, "model.num_latents",
               f"{m.num_latents} latents for {t.removed_tokens} removed tokens is no compression")
+  cfg.require(0 < m.slots_asked <= t.min_removed, "model.slots_asked",
+              f"between 1 and task.min_removed={t.min_removed}, got {m.slots_asked}")
+  if m.segment_pool or {"distill", "binding"} & set(m.aux_losses):
+    cfg.require(m.num_latents == t.min_removed, "model.num_latents",
+                f"one latent per statement (segment_pool / distill / binding) needs num_latents == "
+                f"task.min_removed, got {m.num_latents} and {t.min_removed}")
   cfg.require(m.train_kept == 0 or m.train_kept < t.budget, "model.train_kept",
               f"{m.train_kept} must be 0 (all kept tokens) or below task.budget={t.budget}")
   pre = reader_loading.load(m.reader, t.get("reader_dtype", "float32"))
@@ -135,20 +142,24 @@ class Latentem:
     # episodes): Gemma's hidden states share one huge component (measured: cosine 0.999 across
     # examples, centred norm 3% of the raw one), which would make every latent alike.
     sample = np.stack([task.episode(rng, "train")["removed"] for _ in range(16)])
-    f = np.asarray(jax.jit(lambda fr, x: self.reader.features(fr, x, m.encoder_reader_layers))(
-        self.frozen, sample)).reshape(-1, d)
+    self.feat_mean, self.feat_std = 0.0, 1.0
+    f = np.asarray(jax.jit(self._features)(self.frozen, sample))
+    f = f.reshape(-1, f.shape[-1])
     self.feat_mean = jnp.asarray(f.mean(0))
     self.feat_std = jnp.asarray(f.std(0) + 1e-3)
     r = task.removed_tokens
 
     def build(rngs):
-      c = LatentCompressor(d, d, num_latents=m.num_latents, dim=m.dim, layers=m.layers,
-                           heads=m.heads, max_len=r, out_scale=self.embed_rms, rngs=rngs)
+      c = LatentCompressor(f.shape[-1], d, num_latents=m.num_latents, dim=m.dim, layers=m.layers,
+                           heads=m.heads, max_len=r, out_scale=self.embed_rms,
+                           token_values=m.token_values, rngs=rngs)
       probe = DigitProbe(d, task.question_len, m.probe_dim, m.heads, rngs=rngs)
       recon = ReconstructionHead(d, r, len(seen) + 1, m.probe_dim, m.heads, rngs=rngs)
-      return c, probe, recon
+      bind = BindingHead(d, rngs=rngs)
+      return c, probe, recon, bind
     self._build = build
-    comp, probe, recon = nnx.eval_shape(lambda: build(nnx.Rngs(0)))
+    comp, probe, recon, bind = nnx.eval_shape(lambda: build(nnx.Rngs(0)))
+    self.g_bind = nnx.graphdef(bind)
     self.g_comp = nnx.graphdef(comp)
     self.g_probe = nnx.graphdef(probe)
     self.g_recon = nnx.graphdef(recon)
@@ -160,12 +171,14 @@ class Latentem:
     params = {}
     for i, b in enumerate(self.readers):
       k = jax.random.fold_in(rng, i)
-      comp, probe, recon = self._build(nnx.Rngs(k))
+      comp, probe, recon, bind = self._build(nnx.Rngs(k))
       params[f"{b}_compressor"] = nnx.state(comp, nnx.Param)
       if "probe" in self.aux:
         params[f"{b}_probe"] = nnx.state(probe, nnx.Param)
       if "reconstruction" in self.aux:
         params[f"{b}_recon"] = nnx.state(recon, nnx.Param)
+      if "binding" in self.aux:
+        params[f"{b}_binding"] = nnx.state(bind, nnx.Param)
       if self.m.soft_prompt:
         params[f"{b}_soft_prompt"] = self.embed_rms * jax.random.normal(
             jax.random.fold_in(k, 1), (self.m.soft_prompt, self.reader.dim))
@@ -180,11 +193,21 @@ class Latentem:
 
   # --- the pieces ----------------------------------------------------------------------------
 
-  def latents(self, params, branch, frozen, removed_BxR):
+  def _features(self, frozen, removed_BxR):
+    """The frozen reader's hidden states of the removed tokens after encoder_reader_layers
+    blocks (+ its raw token embeddings, model.raw_embeddings: distinct per token, where deep
+    states share one huge component), standardised per dimension."""
     feats = self.reader.features(frozen, removed_BxR, self.m.encoder_reader_layers)
-    feats = (feats - self.feat_mean) / self.feat_std
+    if self.m.raw_embeddings and self.m.encoder_reader_layers:
+      feats = jnp.concatenate([self.reader.embed(frozen, removed_BxR), feats], -1)
+    return (feats - self.feat_mean) / self.feat_std
+
+  def latents(self, params, branch, frozen, removed_BxR, segments_BxR=None):
     comp = nnx.merge(self.g_comp, params[f"{branch}_compressor"])
-    return comp(feats)
+    return comp(self._features(frozen, removed_BxR),
+                segments_BxR=segments_BxR if self.m.segment_pool else None,
+                tokens_BxRxD=self.reader.embed(frozen, removed_BxR) if self.m.token_values
+                else None)
 
   def read_memory(self, params, branch, frozen, kept_BxT, latents_BxKxD):
     """Digit logits of the reader on [BOS | soft prompt | latents | kept] (latents None: no
@@ -209,7 +232,8 @@ class Latentem:
   # --- the System's functions for one branch ---------------------------------------------------
 
   def ingest(self, params, batch, *, frozen, branch):
-    return LatentMemory(self.latents(params, branch, frozen, batch["removed"]))
+    return LatentMemory(self.latents(params, branch, frozen, batch["removed"],
+                                     batch.get("segments")))
 
   def answer(self, params, batch, memory, *, frozen, branch):
     lat = None if memory is None else memory.latents_BxKxD
@@ -227,10 +251,10 @@ class Latentem:
     loss, correct, count, _ = scores(logits, batch["answer"])
     return {"correct": correct, "count": count, "loss": loss}
 
-  def branch_loss(self, params, batch, frozen, branch):
+  def branch_loss(self, params, batch, frozen, branch, rng=None):
     m = self.m
     ans = batch["answer"]
-    lat = self.latents(params, branch, frozen, batch["removed"])
+    lat = self.latents(params, branch, frozen, batch["removed"], batch.get("segments"))
     kept = _crop(batch["kept"], m.train_kept)
     logits = self.read_memory(params, branch, frozen, kept, lat)
     l_ans, correct, count, lp = scores(logits, ans)
@@ -240,7 +264,9 @@ class Latentem:
            f"{branch}/memory_cosine": yardstick.memory_cosine(lat.reshape(b, -1))}
     if "probe" in self.aux:
       qe = self.reader.embed(frozen, batch["slot_questions"])
-      plog = nnx.merge(self.g_probe, params[f"{branch}_probe"])(qe, lat)
+      # probe_detach: the probe only reads the latents (a measurement), never shapes them.
+      plat = jax.lax.stop_gradient(lat) if m.probe_detach else lat
+      plog = nnx.merge(self.g_probe, params[f"{branch}_probe"])(qe, plat)
       l_probe = optax.softmax_cross_entropy_with_integer_labels(plog, batch["slot_digits"]).mean()
       total += m.probe_weight * l_probe
       met[f"{branch}/loss_probe"] = l_probe
@@ -260,6 +286,26 @@ class Latentem:
       l_rec = optax.softmax_cross_entropy_with_integer_labels(rec, cls).mean()
       total += m.reconstruction_weight * l_rec
       met[f"{branch}/loss_reconstruction"] = l_rec
+    if "binding" in self.aux:
+      logit = nnx.merge(self.g_bind, params[f"{branch}_binding"])(lat)
+      keys, dig = batch["slot_keys"], batch["slot_digits"]
+      want = jnp.stack([keys // 10, keys % 10, dig], -1)
+      l_bind = optax.softmax_cross_entropy_with_integer_labels(logit, want).mean()
+      total += m.binding_weight * l_bind
+      hit = logit.argmax(-1) == want
+      met[f"{branch}/loss_binding"] = l_bind
+      met[f"{branch}/accuracy_binding_digit"] = hit[..., 2].mean()
+      met[f"{branch}/accuracy_binding_key"] = hit[..., :2].all(-1).mean()
+    if "slots" in self.aux:
+      rng = jax.random.key(0) if rng is None else rng
+      l_sl, a_sl = self.slots_loss(params, branch, frozen, batch, lat, rng)
+      total += m.slots_weight * l_sl
+      met[f"{branch}/loss_slots"] = l_sl
+      met[f"{branch}/accuracy_slots"] = a_sl
+    if "distill" in self.aux:
+      l_dis = self.distill_loss(frozen, batch, lat)
+      total += m.distill_weight * l_dis
+      met[f"{branch}/loss_distill"] = l_dis
     if branch == "lora" and m.oracle_batch and m.oracle_weight:
       n = min(m.oracle_batch, b)
       full = jnp.concatenate([batch["removed"][:n], kept[:n]], 1)
@@ -273,11 +319,40 @@ class Latentem:
       met[f"{branch}/grad_norm_at_latents"] = jnp.linalg.norm(g)
     return total, met
 
+  def distill_loss(self, frozen, batch, lat_BxKxD):
+    """Latent k, read by the frozen reader after [BOS | latents < k], should leave the hidden
+    states that statement k's digit token leaves when the reader reads the removed text (every
+    block's output): there, the reader holds the digit together with its key (what its own
+    induction copies from), so a latent that mimics them is one the reader already knows how
+    to read. Squared error per layer over the teacher's spread across the batch and slots."""
+    b = lat_BxKxD.shape[0]
+    teacher = self.reader.layer_states(frozen, self.reader.embed(frozen, batch["removed"]))
+    idx = batch["digit_pos"][None, :, :, None]
+    teacher = jax.lax.stop_gradient(jnp.take_along_axis(teacher, idx, axis=2))  # L x B x S x D
+    x = jnp.concatenate([self.reader.bos_embeds(frozen, b), lat_BxKxD.astype(teacher.dtype)], 1)
+    student = self.reader.layer_states(frozen, x)[:, :, 1:]
+    spread = ((teacher - teacher.mean((1, 2), keepdims=True)) ** 2).sum(-1).mean((1, 2))
+    err = ((student - teacher) ** 2).sum(-1).mean((1, 2))
+    return (err / (spread + 1e-6)).mean()
+
+  def slots_loss(self, params, branch, frozen, batch, lat_BxKxD, rng):
+    """The answer loss for more questions per memory: model.slots_asked of the first S removed
+    statements (drawn per example), each read as [BOS | latents | its question] alone. The asked
+    question gives one statement a gradient per example and step; this gives several, and
+    without the kept text, so the reader's only way to the digit is the latents."""
+    b, s = batch["slot_digits"].shape
+    n = self.m.slots_asked
+    pick = jax.vmap(lambda k: jax.random.permutation(k, s)[:n])(jax.random.split(rng, b))
+    qry = jnp.take_along_axis(batch["slot_queries"], pick[:, :, None], 1).reshape(b * n, -1)
+    ans = jnp.take_along_axis(batch["slot_digits"], pick, 1).reshape(b * n)
+    lat = jnp.repeat(lat_BxKxD, n, axis=0)
+    loss, correct, count, _ = scores(self.read_memory(params, branch, frozen, qry, lat), ans)
+    return loss, correct / count
+
   def loss(self, params, batch, memory, aux, rng, *, frozen):
-    del rng
     total, metrics = 0.0, {}
     for branch in self.readers:
-      l, met = self.branch_loss(params, batch, frozen, branch)
+      l, met = self.branch_loss(params, batch, frozen, branch, rng)
       total += l
       metrics.update(met)
     if self.m.debug.update_check:
@@ -352,10 +427,11 @@ def linear_probe(lt: Latentem, params, branch, batches, ridge: float = 1.0) -> d
   """A linear (ridge, one-vs-rest) probe per statement slot from the flattened latents to that
   statement's digit, fitted on the first half of the episodes and tested on the second; the
   asked digit is read with the asked slot's probe. Chance 0.1."""
-  fn = jax.jit(lambda p, x, frozen: lt.latents(p, branch, frozen, x))
+  fn = jax.jit(lambda p, x, s, frozen: lt.latents(p, branch, frozen, x, s))
   xs, digits, asked = [], [], []
   for b in batches:
-    xs.append(np.asarray(fn(params, b["removed"], lt.frozen)).reshape(len(b["removed"]), -1))
+    xs.append(np.asarray(fn(params, b["removed"], b["segments"], lt.frozen)).reshape(
+        len(b["removed"]), -1))
     digits.append(np.asarray(b["slot_digits"]))
     asked.append(np.asarray(b["asked_slot"]))
   x, d, a = np.concatenate(xs), np.concatenate(digits), np.concatenate(asked)

@@ -25,6 +25,9 @@ Each example (numpy):
   asked_slot ()     which of the first `slots` statements is asked
   slot_digits / slot_keys   S     digits and keys of the first S = min_removed statements
   slot_questions            SxQ   the question for each of those statements (pad-padded)
+  slot_queries              SxQ   the same, left-filled with the filler token (end = digit next)
+  segments   R      which of those S statements each removed token belongs to (-1: none)
+  digit_pos  S      where each of those statements' digit lies in the removed part
 """
 from __future__ import annotations
 
@@ -129,19 +132,22 @@ class LatentemKV:
   # --- episodes ------------------------------------------------------------------------------
 
   def _turns(self, rng, keys, digits):
-    """(tokens of the statement with what precedes it, tokens of the bare statement) per key."""
+    """(tokens of the statement with what precedes it, tokens of the bare statement, offset of
+    the digit in the first) per key."""
     out = []
     for k, d in zip(keys, digits):
       if self.c.variant == "templated":
         s = self.statement(k, d)
-        out.append((s, s))
+        out.append((s, s, len(s) - 2))
         continue
       form = int(rng.integers(len(PROSE_FORMS)))
       sep = PROSE_SEPS[int(rng.integers(len(PROSE_SEPS)))]
       lead = ()
       if rng.random() < self.c.distractor_prob:
         lead = self._enc(sep + DISTRACTORS[int(rng.integers(len(DISTRACTORS)))])
-      out.append((lead + self.statement(k, d, form, sep), self.statement(k, d, form, "")))
+      pre = PROSE_FORMS[form][0].format(k=self.key_name(k))
+      out.append((lead + self.statement(k, d, form, sep), self.statement(k, d, form, ""),
+                  len(lead) + len(self._enc(sep + pre))))
     return out
 
   def episode(self, rng: np.random.Generator, split: str, budget: int | None = None) -> dict:
@@ -156,15 +162,16 @@ class LatentemKV:
       q = self.question(int(keys[asked]))
       body = total - 1 - len(q)
       turns, used = [], 0
-      for t, bare in self._turns(rng, keys, digits):
+      for t, bare, at in self._turns(rng, keys, digits):
         if used + len(t) > body:
           break
-        turns.append((t, bare))
+        turns.append((t, bare, at))
         used += len(t)
       pad = body - used
       ids = [self.bos] + [self.filler] * pad
-      ends = []
-      for t, _ in turns:
+      ends, digit_at = [], []
+      for t, _, at in turns:
+        digit_at.append(len(ids) + at)
         ids.extend(t)
         ends.append(len(ids))
       ids.extend(q)
@@ -178,15 +185,26 @@ class LatentemKV:
     s = self.slots
     bare = turns[asked][1]
     summary = np.concatenate([np.asarray(bare, np.int32), ids[r + len(bare):]])
+    # Which of the first S statements each removed token belongs to (-1: none of them), and
+    # where each one's digit is: the statement boundaries the task knows, for a compressor
+    # that pools one latent per statement and for the distillation targets.
+    segments = np.full((r,), -1, np.int32)
+    for j in range(s):
+      segments[ends[j] - len(turns[j][0]):ends[j]] = j
     slot_q = np.full((s, self.question_len), self.pad, np.int32)
+    # The same questions left-filled with the filler token, so each ends right before its digit
+    # (the reader answers at the last position).
+    slot_qry = np.full((s, self.question_len), self.filler, np.int32)
     for j in range(s):
       qj = self.question(int(keys[j]))
       slot_q[j, :len(qj)] = qj
+      slot_qry[j, self.question_len - len(qj):] = qj
     return {"removed": ids[:r], "kept": ids[r:], "full": ids, "summary": summary,
             "answer": np.int32(digits[asked]), "asked_slot": np.int32(asked),
             "asked_key": np.int32(keys[asked]),
             "slot_digits": digits[:s].astype(np.int32), "slot_keys": keys[:s].astype(np.int32),
-            "slot_questions": slot_q, "num_statements": np.int32(len(turns)),
+            "slot_questions": slot_q, "slot_queries": slot_qry, "segments": segments,
+            "digit_pos": np.asarray(digit_at[:s], np.int32), "num_statements": np.int32(len(turns)),
             "whole_removed": np.int32(whole_removed)}
 
   def example_at(self, split: str, seed: int, index: int, budget: int | None = None) -> dict:

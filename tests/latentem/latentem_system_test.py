@@ -37,20 +37,69 @@ def built():
   return c, task, lt, params, batch
 
 
-def _latents(lt, params, removed):
-  return np.asarray(jax.jit(lambda p, r, f: lt.latents(p, "lora", f, r))(params, removed, lt.frozen))
+def _latents(lt, params, removed, segments=None):
+  return np.asarray(jax.jit(lambda p, r, s, f: lt.latents(p, "lora", f, r, s))(
+      params, removed, segments, lt.frozen))
+
+
+def test_segment_pool_gives_one_latent_per_statement():
+  c = _config(readers=("lora",), aux_losses=("distill", "slots"), segment_pool=True,
+              raw_embeddings=True)
+  loop.validate(c)
+  task = tasks.make_task(c.task)
+  lt = system_lib.Latentem(c, task)
+  params = lt.init(jax.random.key(0))
+  batch = next(iter(task.batches("train", 2, 0)))
+  base = _latents(lt, params, batch["removed"], batch["segments"])
+  # Statement 3's digit changed: the latents change (the encoder is bidirectional, so the
+  # pooling weights of neighbours may move too).
+  removed = np.array(batch["removed"])
+  pos = batch["digit_pos"][0, 3]
+  removed[0, pos] = task.digit_ids[(task.digit_ids.index(removed[0, pos]) + 1) % 10]
+  assert np.abs(_latents(lt, params, removed, batch["segments"]) - base)[0, 3].max() > 1e-4
+  # The pooled values: latent k mixes only statement k's token embeddings. Another embedding
+  # at statement 3's digit (the encoder's input unchanged) moves latent 3 of that example only.
+  from flax import nnx
+  comp = nnx.merge(lt.g_comp, params["lora_compressor"])
+  feats = lt._features(lt.frozen, jnp.asarray(batch["removed"]))
+  toks = lt.reader.embed(lt.frozen, jnp.asarray(batch["removed"]))
+  seg = jnp.asarray(batch["segments"])
+  out = np.asarray(comp(feats, segments_BxR=seg, tokens_BxRxD=toks))
+  moved = np.asarray(comp(feats, segments_BxR=seg, tokens_BxRxD=toks.at[0, pos].add(1.0)))
+  changed = np.abs(moved - out).max(-1)
+  assert changed[0, 3] > 1e-4
+  changed[0, 3] = 0
+  assert changed.max() == 0
+  # The segments steer the pooling: without them (every token -1) every latent pools all.
+  other = np.full_like(np.array(batch["segments"]), -1)
+  assert np.abs(_latents(lt, params, batch["removed"], other) - base).max() > 1e-4
+  # The distillation and slot losses are finite, with a gradient reaching the compressor.
+  jb = {k: jnp.asarray(v) for k, v in batch.items()}
+  met = jax.jit(lambda p, b, f: lt.branch_loss(p, b, f, "lora", jax.random.key(1))[1])(
+      params, jb, lt.frozen)
+  for k in ("lora/loss_distill", "lora/loss_slots", "lora/accuracy_slots"):
+    assert np.isfinite(float(met[k])), k
+  g = jax.jit(jax.grad(lambda p, b, f: lt.branch_loss(p, b, f, "lora", jax.random.key(1))[0]))(
+      params, jb, lt.frozen)
+  assert float(optax_norm(g["lora_compressor"])) > 0
+  with pytest.raises(ConfigError, match="one latent per statement"):
+    loop.validate(_config(segment_pool=True, num_latents=4))
+
+
+def optax_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree)))
 
 
 def test_latents_depend_on_the_removed_statements_not_the_question(built):
   c, task, lt, params, batch = built
-  base = _latents(lt, params, batch["removed"])
+  base = _latents(lt, params, batch["removed"], batch["segments"])
   assert base.shape == (4, c.model.num_latents, lt.reader.dim)
   # One statement's digit changed -> the latents change (for that example only).
   removed = np.array(batch["removed"])
   digit_pos = [i for i, t in enumerate(removed[0]) if t in task.digit_ids]
   t = removed[0, digit_pos[0]]
   removed[0, digit_pos[0]] = task.digit_ids[(task.digit_ids.index(t) + 1) % 10]
-  changed = _latents(lt, params, removed)
+  changed = _latents(lt, params, removed, batch["segments"])
   assert np.abs(changed[0] - base[0]).max() > 1e-4
   np.testing.assert_array_equal(changed[1:], base[1:])
   # The compressor never sees the question: another question, the same memory.

@@ -52,6 +52,23 @@ def test_asked_statement_is_removed_and_layout_fixed(variant):
     assert tok.decode(e["summary"]).count(name) == 2  # the statement, then the question
 
 
+@pytest.mark.parametrize("variant", task_lib.VARIANTS)
+def test_segments_and_digit_positions_mark_the_first_statements(variant):
+  t = _task(variant)
+  for i in range(10):
+    e = t.example_at("train", 1, i)
+    seg, removed = e["segments"], e["removed"]
+    for j in range(t.slots):
+      # The digit of statement j is the token at digit_pos[j], inside segment j.
+      assert removed[e["digit_pos"][j]] == t.digit_ids[e["slot_digits"][j]]
+      assert seg[e["digit_pos"][j]] == j
+      idx = np.flatnonzero(seg == j)
+      assert len(idx) and (np.diff(idx) == 1).all()           # one contiguous stretch
+      key = t.key_name(int(e["slot_keys"][j]))
+      assert key in t.tokenizer.decode(removed[idx])          # holding its own key
+    assert seg[0] == -1                                       # BOS belongs to none
+
+
 def test_examples_are_deterministic():
   a, b = _task(), _task()
   for i in range(3):
