@@ -66,7 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       hard_distractors=10,
   )
   c.train = cfg.train_defaults()
-  c.train.update(steps=1500, batch_size=16, lr=5e-3, warmup_steps=100, log_every=20,
+  c.train.update(steps=700, batch_size=8, lr=5e-3, warmup_steps=50, log_every=20,
                  steps_per_call=10, checkpoint_every=100, eval_batches=4, eval_batch_size=64)
   if arg == "tiny":  # tests: compiles and runs in seconds
     c.model.update(dim=32, heads=2, slots=(2, 4, 16), denoise_steps=2, dec_layers=1, ctx=36,
