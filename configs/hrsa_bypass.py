@@ -19,8 +19,14 @@ cross-attention addresses slots by content. A no-memory decoder of the same size
 their LM loss on held-out documents (`loss_lm_heldout`, `loss_lm_heldout_reference`) and
 reports EM beyond / inside the local context (`accuracy_beyond*`, `accuracy_inside*`).
 
-Measured: see BUILD_NOTES.md, "HRSA-TRM (issue 5)" -> "Bypass regime (issue 14)" (figures
-filled in below once the run of record finishes).
+Measured 2026-12-02 on the SHARED 2-core Intel Xeon (load average 7-9 from other jobs; this
+run got 50% of the CPU): 700 steps at batch 8, 25 min 34 s for the whole command. The issue's
+targets are NOT reached: EM beyond the local context 0.035 (zeroed / shuffled / no memory
+0.035, chance 0.031), inside 0.059, adversarial 0.039, delta_zero 1.000; held-out LM loss
+0.7449 with memory vs 0.7440 for the no-memory reference (ratio 1.0012; uniform 4.56). At 700
+steps the model is on the attention plateau the retrieval config left at step ~1200-1800
+with 10x more retrieval examples per step; BUILD_NOTES.md, "HRSA-TRM (issue 5)" -> "Bypass
+regime (issue 14)", has the curves and the extension past 700 steps.
 """
 import importlib.util
 import os
