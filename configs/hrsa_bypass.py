@@ -26,7 +26,8 @@ targets are NOT reached: EM beyond the local context 0.035 (zeroed / shuffled / 
 0.7449 with memory vs 0.7440 for the no-memory reference (ratio 1.0012; uniform 4.56). At 700
 steps the model is on the attention plateau the retrieval config left at step ~1200-1800
 with 10x more retrieval examples per step; BUILD_NOTES.md, "HRSA-TRM (issue 5)" -> "Bypass
-regime (issue 14)", has the curves and the extension past 700 steps.
+regime (issue 14)", has the curves. Resumed to 1,800 steps (24 min 41 s more): still chance
+(EM beyond 0.023, inside 0.016, adversarial 0.035, delta_zero 1.000; LM ratio 1.0024).
 """
 import importlib.util
 import os
