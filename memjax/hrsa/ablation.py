@@ -25,6 +25,13 @@ from memjax.core.step import make_train_step
 VARIANTS = ("none",) + remedies_lib.REMEDIES
 COLUMNS = ("variant", "accuracy", "accuracy_memory_zeroed", "accuracy_memory_shuffled",
            "accuracy_no_memory", "accuracy_adversarial", "delta_zero", "memory_cosine", "seconds")
+# The bypass regime (task.inside_fraction > 0, issue 14): EM beyond / inside the decoder's
+# local context, the LM loss (train, mean of the last 10 logged calls, beside the no-memory
+# reference decoder's when the model has one) and the steps to train EM 0.5 / 0.9.
+BYPASS_COLUMNS = ("variant", "accuracy_beyond", "accuracy_beyond_memory_zeroed",
+                  "accuracy_beyond_memory_shuffled", "accuracy_inside", "accuracy_adversarial",
+                  "delta_zero_beyond", "loss_lm", "loss_lm_reference", "steps_to_0.5",
+                  "steps_to_0.9", "seconds")
 
 
 def _with_knobs(batch: dict, knobs: dict, lead: int | None = None) -> dict:
@@ -48,6 +55,10 @@ def run_ablation(config, variants=VARIANTS, *, steps: int | None = None, log=pri
   bs = t.get("eval_batch_size", t.batch_size)
   eval_raw = list(itertools.islice(iter(task.batches("eval", bs, t.seed)), t.eval_batches))
   adv_raw = list(itertools.islice(iter(task.batches("adversarial", bs, t.seed)), t.eval_batches))
+  bypass = getattr(task, "inside_fraction", 0.0) > 0
+  where_raw = {w: list(itertools.islice(iter(task.batches(f"eval_{w}", bs, t.seed)),
+                                        t.eval_batches))
+               for w in (("beyond", "inside") if bypass else ())}
   knobs_cfg = config.model.get("remedy", None)
   rows, histories = [], {}
   for v in variants:
@@ -71,6 +82,17 @@ def run_ablation(config, variants=VARIANTS, *, steps: int | None = None, log=pri
       correct, count = correct + float(out["correct"]), count + float(out["count"])
     res["accuracy_adversarial"] = correct / max(count, 1.0)
     row = {"variant": v, **{c: res.get(c) for c in COLUMNS[1:-1]}, "seconds": seconds}
+    for w, raw in where_raw.items():
+      r = yardstick.evaluate(system, state.params, [_with_knobs(b, kn) for b in raw], task.chance)
+      for key in ("accuracy", "accuracy_memory_zeroed", "accuracy_memory_shuffled"):
+        row[key.replace("accuracy", f"accuracy_{w}")] = r.get(key)
+      row[f"delta_zero_{w}"] = r.get("delta_zero")
+    if bypass:
+      for key in ("loss_lm", "loss_lm_reference"):
+        vals = [h[key] for h in hist[-10:] if key in h]
+        row[key] = float(np.mean(vals)) if vals else None
+      for level in (0.5, 0.9):
+        row[f"steps_to_{level}"] = steps_to(hist, level=level)
     rows.append(row)
     histories[v] = hist
     if log:
@@ -90,11 +112,16 @@ def steps_to(history: list[dict], key: str = "retrieval_em", level: float = 0.9,
   return None
 
 
+def _columns(row: dict):
+  return BYPASS_COLUMNS if "accuracy_beyond" in row else COLUMNS
+
+
 def format_row(row: dict) -> str:
   f = lambda x: "n/a" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
-  return "| " + " | ".join(f(row.get(c)) for c in COLUMNS) + " |"
+  return "| " + " | ".join(f(row.get(c)) for c in _columns(row)) + " |"
 
 
 def format_table(rows) -> str:
-  head = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS)
+  cols = _columns(rows[0]) if rows else COLUMNS
+  head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols)
   return head + "\n" + "\n".join(format_row(r) for r in rows)

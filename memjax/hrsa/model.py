@@ -5,6 +5,7 @@
     query BxL ─ Decoder (ShiftMix + causal self-attention, together the last `ctx` tokens,
                          + cross-attention to every memory level) ─> logits BxLxV
     M2 slots  ─ WriteHead ─> each slot's region rebuilt token by token (the write loss)
+    query BxL ─ reference Decoder (optional, `lm_reference`: own weights, no memory) ─> logits
 
 The decoder's cross-attention has no biases and reads RMS-normed slots, so an all-zero
 memory contributes exactly zero: `decode(memory.zeros_like())` equals
@@ -52,6 +53,8 @@ class HRSAConfig:
   dec_shift: int = 3        # decoder token i also sees tokens i-1, i-2 (the query's key pair)
   write_head: bool = True   # reconstruction head: each M2 slot rebuilds its region's tokens
   remat: bool = False       # recompute encoder/decoder blocks in the backward pass
+  lm_reference: bool = False  # a no-memory decoder of the same size, its own embedding, trained
+                              # on the same batches beside the model (the LM reference)
 
 
 def sinusoid(positions_N: jax.Array, dim: int) -> jax.Array:
@@ -250,6 +253,11 @@ class HRSATRM(nnx.Module):
                                    rngs=rngs)
     self.decoder = Decoder(cfg, self.embed, rngs)
     self.write_head = WriteHead(cfg.dim, rngs) if cfg.write_head else None
+    # The LM reference shares nothing with the model (own embedding) and never sees memory:
+    # what a decoder of the same size reaches from its local context alone, same batches.
+    self.reference = (Decoder(cfg, nnx.Embed(cfg.vocab_size, cfg.dim, rngs=rngs,
+                                             promote_dtype=follow_inputs), rngs)
+                      if cfg.lm_reference else None)
 
   def ingest(self, doc_BxN: jax.Array, rng: jax.Array, *, unroll: bool = False):
     """doc -> (DiffusionMemory, per-level read probs BxHxSxN)."""

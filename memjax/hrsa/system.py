@@ -19,6 +19,7 @@ from flax import nnx
 from memjax.core import config as cfg
 from memjax.core import losses
 from memjax.core import memory as memory_lib
+from memjax.core import yardstick
 from memjax.core.config import ConfigError
 from memjax.hrsa import guardrails
 from memjax.layers.local_attention import BACKENDS as LOCAL_BACKENDS
@@ -50,6 +51,8 @@ def validate(config) -> None:
   cfg.positive(config, "model.dim", "model.heads", "model.denoise_steps", "model.trm_n",
                "model.trm_cycles", "model.ctx", "model.enc_chunk", "model.max_context")
   cfg.non_negative(config, "model.enc_halo")
+  if "write_slots" in m:
+    cfg.non_negative(config, "model.write_slots")
   if "enc_token_block" in m:
     cfg.non_negative(config, "model.enc_token_block")
   for k in ("enc_shift", "dec_shift"):
@@ -72,6 +75,7 @@ def make_system(config, task) -> System:
   grad_split = bool(config.model.get("grad_split", False))
   write_weight = float(config.model.get("write_loss", 0.0))
   bag_weight = float(config.model.get("bag_loss", 0.0))
+  write_slots = int(config.model.get("write_slots", 0))   # 0: every M2 slot
   collapse = guardrails.CollapseConfig(**dict(config.model.get("collapse", {})))
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: HRSATRM(mc, rngs=nnx.Rngs(0))), nnx.Param)
   s2 = mc.slots[-1]
@@ -80,6 +84,7 @@ def make_system(config, task) -> System:
     return nnx.split(HRSATRM(mc, rngs=nnx.Rngs(params=rng)), nnx.Param)[1]
 
   default_knobs = remedies_lib.knobs(rem, mc.ctx)
+  n_retr_of = lambda retr: jnp.maximum(retr.sum(), 1)
 
   def forward(params, batch, rng):
     model = nnx.merge(graphdef, params)
@@ -103,10 +108,20 @@ def make_system(config, task) -> System:
     lm_w = w * (~retr)[:, None]
     loss_lm = (nll * lm_w).sum() / jnp.maximum(lm_w.sum(), 1.0)
     ans_nll = nll[:, -1]
-    n_retr = jnp.maximum(retr.sum(), 1)
+    n_retr = n_retr_of(retr)
     loss_retr = jnp.where(retr, ans_nll, 0.0).sum() / n_retr
     loss = loss_lm + retrieval_weight * loss_retr
     metrics = {"loss_lm": loss_lm, "loss_retrieval": loss_retr}
+    if mc.lm_reference:
+      # The no-memory reference decoder: same batches, same LM + answer objective, full
+      # window, no memory; its parameters are disjoint from the model's, so this term moves
+      # only them (they share the optimizer's global-norm clip, nothing else).
+      ref_logits, _ = model.reference(batch["tokens"], None, DecodeControl())
+      ref_nll = losses.token_nll(ref_logits, batch["targets"])
+      ref_lm = (ref_nll * lm_w).sum() / jnp.maximum(lm_w.sum(), 1.0)
+      ref_retr = jnp.where(retr, ref_nll[:, -1], 0.0).sum() / n_retr_of(retr)
+      loss = loss + ref_lm + retrieval_weight * ref_retr
+      metrics.update(loss_lm_reference=ref_lm, loss_retrieval_reference=ref_retr)
 
     # Supervised attention: always computed (cheap), weighted by its knob (0 when off).
     # Target: how much each M2 slot read from the answer's source fact (its 4 tokens).
@@ -139,6 +154,12 @@ def make_system(config, task) -> System:
       # Write losses: the M2 slots must hold what their input regions say.
       slots_BxSxD = model.decoder.memory_tokens(memory)[:, -s2:]
       region_BxSxR = regions(batch["doc"], s2, fill=-1)
+      if 0 < write_slots < s2:
+        # A random subset of the M2 slots per step (the same for the whole batch): an unbiased
+        # estimate of the write loss at write_slots / S2 of its cost (the write head is a
+        # quarter of a 2,048-token training step with 256 slots).
+        idx = jax.random.choice(jax.random.fold_in(rng, 7), s2, (write_slots,), replace=False)
+        slots_BxSxD, region_BxSxR = slots_BxSxD[:, idx], region_BxSxR[:, idx]
     if write_weight:  # rebuild the region token by token (see WriteHead)
       logits_w = model.write_head(slots_BxSxD, region_BxSxR.shape[-1], model.embed)
       valid = region_BxSxR >= 0
@@ -214,23 +235,74 @@ def make_system(config, task) -> System:
   @jax.jit
   def adversarial(params, batch):
     memory = ingest(params, batch)
-    return answer(params, batch, memory), guardrails.sim_gap(jnp.concatenate(memory.levels, 1))
+    out = answer(params, batch, memory)
+    if "inside" in batch:   # the same answers, split by where the asked-for fact lies
+      inside = jnp.asarray(batch["inside"]) & jnp.asarray(batch["is_retrieval"])
+      model = nnx.merge(graphdef, params)
+      window = jnp.full((batch["doc"].shape[0],), default_knobs["window"], jnp.int32)
+      logits, _ = model.decoder(batch["tokens"], memory, DecodeControl(window_B=window))
+      out["correct_inside"], out["count_inside"] = losses.exact_match(
+          logits[:, -1], batch["answer"], inside)
+    return out, guardrails.sim_gap(jnp.concatenate(memory.levels, 1))
+
+  @jax.jit
+  def lm_losses(params, batch):
+    """Summed LM NLL over the scored positions: with memory, memory zeroed, reference."""
+    model = nnx.merge(graphdef, params)
+    memory = ingest(params, batch)
+    w = jnp.asarray(batch["weights"]) * (~jnp.asarray(batch["is_retrieval"]))[:, None]
+    def nll_sum(decoder, mem):
+      logits, _ = decoder(batch["tokens"], mem, DecodeControl())
+      return (losses.token_nll(logits, batch["targets"]) * w).sum()
+    out = {"n": w.sum(), "memory": nll_sum(model.decoder, memory),
+           "zeroed": nll_sum(model.decoder, memory_lib.zeroed(memory))}
+    if mc.lm_reference:
+      out["reference"] = nll_sum(model.reference, None)
+    return out
 
   def extra_results(params, batches):
     t = config.train
     bs = t.get("eval_batch_size", t.batch_size)
-    adv = itertools.islice(iter(task.batches("adversarial", bs, t.seed)), t.eval_batches)
-    correct = count = 0.0
-    for b in adv:
+    split = lambda name: itertools.islice(iter(task.batches(name, bs, t.seed)), t.eval_batches)
+    sums = {}
+    for b in split("adversarial"):
       out, _ = adversarial(params, b)
-      correct += float(out["correct"])
-      count += float(out["count"])
+      for k, v in out.items():
+        if k.startswith(("correct", "count")):
+          sums[k] = sums.get(k, 0.0) + float(v)
     gaps = [float(adversarial(params, b)[1]) for b in itertools.islice(batches, 2)]
-    return {"accuracy_adversarial": correct / max(count, 1.0),
-            "sim_gap": float(np.mean(gaps)) if gaps else None}
+    res = {"accuracy_adversarial": sums["correct"] / max(sums["count"], 1.0),
+           "sim_gap": float(np.mean(gaps)) if gaps else None}
+    if getattr(task, "inside_fraction", 0.0) > 0:
+      # The yardstick again, on facts beyond the decoder's local context and inside it.
+      for where in ("beyond", "inside"):
+        r = yardstick.evaluate(system, params, list(split(f"eval_{where}")), task.chance)
+        for k in ("accuracy", "accuracy_memory_zeroed", "accuracy_memory_shuffled",
+                  "accuracy_no_memory", "delta_zero"):
+          res[k.replace("accuracy", f"accuracy_{where}") if k.startswith("accuracy")
+              else f"{k}_{where}"] = r.get(k)
+      cnt_in = sums.get("count_inside", 0.0)
+      res["accuracy_adversarial_inside"] = sums.get("correct_inside", 0.0) / max(cnt_in, 1.0)
+      res["accuracy_adversarial_beyond"] = ((sums["correct"] - sums.get("correct_inside", 0.0))
+                                            / max(sums["count"] - cnt_in, 1.0))
+    if mc.lm_reference or getattr(task, "lm_after_doc", False):
+      # LM loss on held-out documents (eval bindings), every position of each LM example.
+      tot = {}
+      for b in split("eval_lm"):
+        for k, v in lm_losses(params, b).items():
+          tot[k] = tot.get(k, 0.0) + float(v)
+      n = max(tot.get("n", 0.0), 1.0)
+      res["loss_lm_heldout"] = tot["memory"] / n
+      res["loss_lm_heldout_memory_zeroed"] = tot["zeroed"] / n
+      res["loss_lm_uniform"] = float(np.log(task.vocab_size))
+      if mc.lm_reference:
+        res["loss_lm_heldout_reference"] = tot["reference"] / n
+        res["lm_loss_ratio_to_reference"] = tot["memory"] / max(tot["reference"], 1e-12)
+    return res
 
-  return System(init=init, loss=loss_fn, ingest=ingest, answer=answer,
+  system = System(init=init, loss=loss_fn, ingest=ingest, answer=answer,
                 init_aux=guardrails.GuardState.init, extra_results=extra_results,
                 stop_reason="memory collapse guardrail (model.collapse.stop): sim_gap and "
                             "delta_zero stayed below their floors",
                 graphdef=graphdef)
+  return system

@@ -20,6 +20,24 @@ until `curriculum_steps[1]`, then `hard` (more distractors, two adversarial). Th
 `eval` split is all retrieval at the target stage; `adversarial` is the same with at
 least one adversarial distractor in every example.
 
+Bypass regime (issue 14; all off by default, so the task above is unchanged draw for draw):
+  inside_fraction   the asked-for fact lies, with this probability, in a chunk of the tail
+                    (inside the decoder's local context, where copying is a legitimate
+                    shortcut); otherwise before it, as above. Splits `eval_inside` and
+                    `eval_beyond` hold only one kind; `eval` and `adversarial` keep the mix.
+  adversarial_in_tail  adversarial distractors (same `ka`) are written into tail chunks,
+                    next to the query: a decoder that copies the nearest look-alike loses
+                    (ordinary distractors then never share `ka`).
+  lm_after_doc      an LM example's decoder window is the `tail + 4` tokens that follow the
+                    document (every position scored), so nothing it predicts lies in the
+                    memory (by default the window overlaps the document's end, whose tokens
+                    the memory holds: the LM targets of the tail leak through it).
+  copy_p, copy_len, copy_max   copy structure in the text: at each position, with
+                    probability `copy_p`, the next `copy_len` tokens repeat the span that
+                    started d tokens back, d uniform in [copy_len, copy_max]: a long local
+                    context predicts the text better than the last token does.
+Split `eval_lm` holds LM examples of held-out documents (the LM loss comparison).
+
 Held out: a fact's binding (ka, kb) -> value is eval-only or train-only
 (memjax.data.heldout: a quarter of the values per key pair are eval values). Every fact of a
 training document (LM or retrieval, target or distractor) uses a training binding, every
@@ -38,7 +56,7 @@ from memjax.data import heldout as heldout_lib
 
 PAD, BOS, FACT, QUERY, ANS = 0, 1, 2, 3, 4
 NUM_SPECIAL = 5
-SPLITS = ("train", "eval", "adversarial")
+SPLITS = ("train", "eval", "adversarial", "eval_inside", "eval_beyond", "eval_lm")
 STAGES = ("easy", "target", "hard")
 
 
@@ -68,6 +86,12 @@ class HRSARetrievalTask:
     self.target_distractors = int(c.get("target_distractors", 6))
     self.hard_distractors = int(c.get("hard_distractors", 10))
     self.adversarial_p = float(c.get("adversarial_p", 0.5))
+    self.inside_fraction = float(c.get("inside_fraction", 0.0))
+    self.adversarial_in_tail = bool(c.get("adversarial_in_tail", False))
+    self.lm_after_doc = bool(c.get("lm_after_doc", False))
+    self.copy_p = float(c.get("copy_p", 0.0))
+    self.copy_len = int(c.get("copy_len", 8))
+    self.copy_max = int(c.get("copy_max", 64))
     self._check()
     self.ka0 = NUM_SPECIAL
     self.kb0 = self.ka0 + self.n_ka
@@ -109,6 +133,19 @@ class HRSARetrievalTask:
     if not 0.0 <= self.retrieval_fraction <= 1.0:
       raise ConfigError(f"task.retrieval_fraction: must lie in [0, 1], got "
                        f"{self.retrieval_fraction}")
+    if not 0.0 <= self.inside_fraction <= 1.0:
+      raise ConfigError(f"task.inside_fraction: must lie in [0, 1], got {self.inside_fraction}")
+    tail_chunks = self.tail // self.chunk
+    if self.adversarial_in_tail and self.hard_distractors and tail_chunks < 3:
+      raise ConfigError(f"task.tail: adversarial_in_tail needs >= 3 tail chunks (target and two "
+                        f"adversarial distractors), got {tail_chunks}")
+    if self.adversarial_in_tail and self.n_ka < 2:
+      raise ConfigError(f"task.n_ka: adversarial_in_tail needs >= 2 first keys, got {self.n_ka}")
+    if not 0.0 <= self.copy_p < 1.0:
+      raise ConfigError(f"task.copy_p: must lie in [0, 1), got {self.copy_p}")
+    if self.copy_p and not 1 <= self.copy_len <= self.copy_max:
+      raise ConfigError(f"task.copy_max: must be >= copy_len >= 1, got copy_len={self.copy_len} "
+                        f"copy_max={self.copy_max}")
 
   def stage_at(self, step: int) -> str:
     if step < self.curriculum_steps[0]:
@@ -122,8 +159,18 @@ class HRSARetrievalTask:
     cur = rng.integers(self.n_text)
     jumps = rng.random(n) > self.text_p
     rand = rng.integers(self.n_text, size=n)
+    if self.copy_p:   # drawn only when on: the default stream stays draw for draw as before
+      starts = rng.random(n) < self.copy_p
+      backs = rng.integers(self.copy_len, self.copy_max + 1, size=n)
+    left = back = 0
     for i in range(n):
-      cur = rand[i] if jumps[i] else self.perm[cur]
+      if left == 0 and self.copy_p and starts[i] and i >= backs[i]:
+        left, back = self.copy_len, int(backs[i])
+      if left:
+        cur = out[i - back]
+        left -= 1
+      else:
+        cur = rand[i] if jumps[i] else self.perm[cur]
       out[i] = cur
     return out + self.t0
 
@@ -131,15 +178,23 @@ class HRSARetrievalTask:
     return heldout_lib.draw_value(rng, (ka, kb), self.n_values, heldout)
 
   def example(self, rng: np.random.Generator, stage: str, retrieval: bool,
-              force_adversarial: bool = False, heldout: bool = False) -> dict:
+              force_adversarial: bool = False, heldout: bool = False,
+              inside: bool | None = None) -> dict:
+    """`inside`: put the asked-for fact in the tail (True) or before it (False); None draws
+    it with probability `inside_fraction` (no draw at all when that is 0)."""
     st = self.stages[stage]
     n, c, tail = self.doc_len, self.chunk, self.tail
     stream = self._text(rng, n + self.seq_len + 1)
     doc = stream[:n].copy()
     n_chunks = n // c
     free_chunks = (n - tail) // c               # chunks wholly before the tail
-    lo = free_chunks - max(1, free_chunks // 4) if st.near_quarter else 0
-    tgt_chunk = int(rng.integers(lo, free_chunks))
+    if inside is None:
+      inside = bool(self.inside_fraction) and bool(rng.random() < self.inside_fraction)
+    if inside:
+      tgt_chunk = int(rng.integers(free_chunks, n_chunks))
+    else:
+      lo = free_chunks - max(1, free_chunks // 4) if st.near_quarter else 0
+      tgt_chunk = int(rng.integers(lo, free_chunks))
     ka, kb = int(rng.integers(self.n_ka)), int(rng.integers(self.n_kb))
     value = self.value(rng, ka, kb, heldout)
     n_adv = st.adversarial if force_adversarial else int(
@@ -147,7 +202,14 @@ class HRSARetrievalTask:
     if force_adversarial:
       n_adv = max(n_adv, 1)
     others = [ch for ch in range(n_chunks) if ch != tgt_chunk]
-    chunks = rng.permutation(others)[:st.distractors]
+    if self.adversarial_in_tail:   # the look-alikes sit next to the query
+      tail_free = [ch for ch in range(free_chunks, n_chunks) if ch != tgt_chunk]
+      adv_chunks = [int(ch) for ch in rng.permutation(tail_free)[:n_adv]]
+      n_adv = len(adv_chunks)
+      rest = [ch for ch in others if ch not in adv_chunks]
+      chunks = adv_chunks + [int(ch) for ch in rng.permutation(rest)[:st.distractors - n_adv]]
+    else:
+      chunks = rng.permutation(others)[:st.distractors]
     used_keys = {(ka, kb)}
     facts = [(tgt_chunk, ka, kb, value)]
     for i, ch in enumerate(chunks):
@@ -156,7 +218,9 @@ class HRSARetrievalTask:
           k = (ka, int(rng.integers(self.n_kb)))
         else:
           k = (int(rng.integers(self.n_ka)), int(rng.integers(self.n_kb)))
-        if k not in used_keys:
+        # With the look-alikes placed in the tail, no ordinary distractor shares ka by
+        # chance: every same-ka fact is then an adversarial one, inside the local context.
+        if k not in used_keys and (i < n_adv or not self.adversarial_in_tail or k[0] != ka):
           break
       used_keys.add(k)
       facts.append((int(ch), k[0], k[1], self.value(rng, k[0], k[1], heldout)))
@@ -175,14 +239,16 @@ class HRSARetrievalTask:
       weights[-1] = 1.0
     else:
       full = np.concatenate([doc, stream[n:]])
-      tokens = full[n - tail:n - tail + l]
-      targets = full[n - tail + 1:n - tail + l + 1]
+      start = n if self.lm_after_doc else n - tail
+      tokens = full[start:start + l]
+      targets = full[start + 1:start + l + 1]
       weights = np.ones(l, np.float32)
     return dict(doc=doc.astype(np.int32), tokens=tokens.astype(np.int32),
                 targets=targets.astype(np.int32), weights=weights,
                 is_retrieval=np.bool_(retrieval), answer=np.int32(self.v0 + value),
                 src_start=np.int32(src if retrieval else -1),
-                adversarial=np.bool_(retrieval and n_adv > 0))
+                adversarial=np.bool_(retrieval and n_adv > 0),
+                inside=np.bool_(retrieval and inside))
 
   def batches(self, split: str, batch_size: int, seed: int):
     """An endless grain IterDataset of dict batches (resumable via get_state/set_state)."""
@@ -196,8 +262,11 @@ class HRSARetrievalTask:
         stage = self.stage_at(int(index) // batch_size)
         retrieval = bool(rng.random() < self.retrieval_fraction)
         return self.example(rng, stage, retrieval)
+      if split == "eval_lm":
+        return self.example(rng, "target", False, heldout=True)
+      inside = {"eval_inside": True, "eval_beyond": False}.get(split)
       return self.example(rng, "target", True, force_adversarial=split == "adversarial",
-                          heldout=True)
+                          heldout=True, inside=inside)
 
     ds = grain.MapDataset.range(10 ** 12).map(make).batch(batch_size, drop_remainder=True)
     return ds.to_iter_dataset()

@@ -1,0 +1,50 @@
+"""The bypass config end to end on its tiny variant: trains, and results.json carries EM beyond
+and inside the local context, the held-out LM losses of the model and of its no-memory
+reference decoder; the reference never reads memory and shares no parameter with the model."""
+import importlib.util
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from memjax.core import loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _config(arg):
+  spec = importlib.util.spec_from_file_location("hrsa_bypass_cfg",
+                                                os.path.join(ROOT, "configs/hrsa_bypass.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+def test_full_config_is_the_issue_regime():
+  c = _config(None)
+  assert c.task.doc_len >= 2048 and c.task.tail >= 128 and c.model.ctx >= c.task.tail + 4
+  assert c.task.retrieval_fraction == 0.2 and c.task.inside_fraction == 0.25
+  assert c.task.adversarial_in_tail and c.task.lm_after_doc and c.model.lm_reference
+  assert c.model.slots[-1] * c.task.chunk == c.task.doc_len     # one M2 slot per chunk
+
+
+@pytest.mark.slow   # ~1-2 min of CPU: compiles the train step and five eval functions
+def test_tiny_bypass_run_reports_beyond_inside_and_lm_reference(tmp_path):
+  c = _config("tiny")
+  c.train.steps = 10
+  res = loop.train(c, str(tmp_path), progress=False)
+  params = res.pop("state").params
+  saved = json.load(open(tmp_path / "results.json"))
+  for k in ("accuracy_beyond", "accuracy_beyond_memory_zeroed", "accuracy_beyond_memory_shuffled",
+            "accuracy_inside", "accuracy_adversarial_beyond", "delta_zero_beyond",
+            "loss_lm_heldout", "loss_lm_heldout_reference", "lm_loss_ratio_to_reference"):
+    assert saved[k] is not None and np.isfinite(saved[k]), k
+  assert 0 < saved["loss_lm_heldout_reference"] < saved["loss_lm_uniform"] + 1.0
+  # the reference is its own decoder with its own embedding
+  ref = jax.tree.leaves(params["reference"])
+  model = [x for k, v in params.items() if k != "reference" for x in jax.tree.leaves(v)]
+  assert ref and not any(r is m for r in ref for m in model)
+  hist = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert all("loss_lm_reference" in h for h in hist)
