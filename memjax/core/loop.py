@@ -16,6 +16,7 @@ import os
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
@@ -246,12 +247,14 @@ def evaluate(config, system, task, params) -> dict:
   batch_size = t.get("eval_batch_size", t.batch_size)
   mesh = distributed.data_mesh(t.get("data_parallel", 1))
   params = distributed.replicate(params, mesh) if mesh is not None else params
-  local = list(itertools.islice(iter(distributed.local_batches(task, "eval", batch_size, t.seed,
-                                                             mesh)), t.eval_batches))
-  batches = [distributed.to_global(b, mesh) for b in local]
+  local = distributed.local_batches(task, "eval", batch_size, t.seed, mesh)
+  batches = [distributed.to_global(b, mesh) for b in itertools.islice(iter(local), t.eval_batches)]
   results = yardstick.evaluate(system, params, batches, task.chance)
-  if hasattr(task, "shuffled_baseline"):   # this process's rows: the figure is a statistic
-    results["baseline_shuffled"] = float(np.mean([task.shuffled_baseline(b) for b in local]))
+  if hasattr(task, "shuffled_baseline"):   # whole global batches: shuffled rolls across processes
+    whole = lambda b: jax.tree.map(lambda x: np.asarray(
+        multihost_utils.process_allgather(x, tiled=True)), b)
+    results["baseline_shuffled"] = float(np.mean([task.shuffled_baseline(whole(b))
+                                                  for b in batches]))
   if system.extra_results is not None:
     results.update(system.extra_results(params, iter(batches)))
   return results
