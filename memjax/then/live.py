@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from memjax.core.config import ConfigError
+from memjax.then.tiers import fsync_dir
 
 TIERS = "tiers.npz"
 USER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -44,14 +45,6 @@ def check_user(user: str) -> str:
   if not isinstance(user, str) or not USER_ID.fullmatch(user):
     raise StateError(f"user: {user!r} is not a user id (1-64 characters of A-Z a-z 0-9 _ -)")
   return user
-
-
-def _fsync_dir(path: str) -> None:
-  fd = os.open(path, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
 
 
 class UserStore:
@@ -105,7 +98,7 @@ class UserStore:
       if os.path.exists(tmp):
         os.remove(tmp)
       raise
-    _fsync_dir(d)
+    fsync_dir(d)
     return path
 
   def load(self, user: str, like):
@@ -152,7 +145,7 @@ class UserStore:
     if not os.path.exists(d):
       return False
     shutil.rmtree(d)
-    _fsync_dir(self.root)
+    fsync_dir(self.root)
     return True
 
 

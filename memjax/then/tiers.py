@@ -44,7 +44,8 @@ class TierError(ConfigError):
   """A missing, damaged or mismatched tier file: one line, exit 2."""
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+  """Makes a rename or a new file in `path` durable (the directory entry itself)."""
   fd = os.open(path, os.O_RDONLY)
   try:
     os.fsync(fd)
@@ -355,7 +356,7 @@ class Tiers:
       if os.path.exists(tmp):
         os.remove(tmp)
       raise
-    _fsync_dir(self.dir)
+    fsync_dir(self.dir)
     return path
 
   @classmethod
