@@ -8,16 +8,25 @@ import jax.numpy as jnp
 
 from memjax.core.scan import scan
 
+# Segment loops this short are unrolled by default: the same numbers, and on the 2-core CPU a
+# cheaper step (THEN's 3 segments, BUILD_NOTES issue 16: the scanned backward slices its saved
+# activations per iteration and transposes them in copies the unrolled one does not make).
+# Compile time is bounded by this count; longer loops stay a scan.
+UNROLL_UP_TO = 4
+
 
 def run_segments(apply_segment: Callable, memory, segments, *, truncate_every: int = 0,
-                 unroll: bool = False):
+                 unroll: bool | None = None):
   """Threads `memory` through `apply_segment(memory, segment) -> (memory, out)` over the
   leading axis of `segments` (a pytree of NxB... arrays).
 
   With truncate_every = k > 0, the memory entering segment i is detached when i % k == 0
   (i > 0), so gradients flow back through at most k segments. Returns (memory, outs).
+  `unroll`: True unrolls, False scans, None (default) unrolls N <= UNROLL_UP_TO segments.
   """
   n = jax.tree.leaves(segments)[0].shape[0]
+  if unroll is None:
+    unroll = n <= UNROLL_UP_TO
 
   def body(memory, xs):
     i, seg = xs

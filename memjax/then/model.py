@@ -188,8 +188,9 @@ class ThenModel:
     return logits, ThenState(traces, tail)
 
   def run(self, params, state: ThenState, tokens_BxT, *, truncate_every: int = 0,
-          unroll: bool = False):
-    """All segments of BxT tokens through the memory -> (logits BxTxV, state)."""
+          unroll: bool | None = None):
+    """All segments of BxT tokens through the memory -> (logits BxTxV, state). `unroll`:
+    tbptt.run_segments' (None: unrolled up to tbptt.UNROLL_UP_TO segments, else a scan)."""
     segs = tbptt.split_segments(tokens_BxT, self.segment_len)
 
     def apply(state, seg):
