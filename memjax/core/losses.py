@@ -23,11 +23,25 @@ def answer_loss(logits_BxTxV: jax.Array, targets_BxT: jax.Array, answer_BxT: jax
   return masked_mean(token_nll(logits_BxTxV, targets_BxT), answer_BxT > 0)
 
 
+def predicts(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
+  """argmax(logits, -1) == targets (the first maximum, like argmax), without the argmax: the
+  target's logit is the maximum and no earlier index reaches it. Two plain reductions, where
+  the argmax is a variadic (value, index) reduction: on the 2-core CPU the THEN step's argmax
+  over [32, 96, 353] logits cost more than its largest matmul (BUILD_NOTES, issue 16).
+  Logits holding NaN count as wrong (argmax would pick the first NaN)."""
+  v = logits_BxTxV.shape[-1]
+  top = logits_BxTxV.max(-1, keepdims=True)
+  t = targets_BxT[..., None]
+  at_t = jnp.take_along_axis(logits_BxTxV, t, -1)
+  earlier = ((logits_BxTxV == top) & (jnp.arange(v) < t)).any(-1)
+  return (at_t[..., 0] == top[..., 0]) & ~earlier
+
+
 def answer_accuracy(logits_BxTxV: jax.Array, targets_BxT: jax.Array, answer_BxT: jax.Array,
                     max_answers: int) -> tuple[jax.Array, jax.Array]:
   """(answers fully right, answers present): answer_BxT holds answer ids 1..max_answers at the
   positions they span (0 elsewhere); an answer counts when all its tokens are right."""
-  wrong = (jnp.argmax(logits_BxTxV, -1) != targets_BxT) & (answer_BxT > 0)
+  wrong = ~predicts(logits_BxTxV, targets_BxT) & (answer_BxT > 0)
   ids = jax.nn.one_hot(answer_BxT - 1, max_answers, dtype=jnp.int32)          # BxTxA, 0 if none
   present = ids.sum(1) > 0                                                    # BxA
   any_wrong = (ids * wrong[..., None]).sum(1) > 0

@@ -40,14 +40,17 @@ def write(mem: TraceMemory, keys_BxLxSxKxD: jax.Array, values_BxLxSxKxD: jax.Arr
     keys_BxLxSxKxD, values_BxLxSxKxD = keys_BxLxSxKxD[:, :, -c:], values_BxLxSxKxD[:, :, -c:]
     mem = mem.replace(cursor_B=mem.cursor_B + (s - c))
     s = c
-  slots_BxS = (mem.cursor_B[:, None] + jnp.arange(s)) % c
-  onehot_BxSxC = jax.nn.one_hot(slots_BxS, c, dtype=keys_BxLxSxKxD.dtype)
-  hit_BxC = onehot_BxSxC.sum(1) > 0
+  # Slot j holds the new trace (j - cursor) mod C when that is < S: a gather of S rows, not a
+  # one-hot matmul over the C slots (2 B L S C K D multiply-adds per write, forward and back).
+  age_BxC = (jnp.arange(c) - mem.cursor_B[:, None]) % c
+  hit_BxC = age_BxC < s
   if write_B is not None:
     hit_BxC &= write_B[:, None]
-  # One-hot placement instead of scatter: differentiable, and vectorises on every backend.
-  new_k = jnp.einsum("bsc,blskd->blckd", onehot_BxSxC, keys_BxLxSxKxD.astype(mem.keys_BxLxCxKxD.dtype))
-  new_v = jnp.einsum("bsc,blskd->blckd", onehot_BxSxC, values_BxLxSxKxD.astype(mem.values_BxLxCxKxD.dtype))
+  src = jnp.minimum(age_BxC, s - 1)[:, None, :, None, None]
+  new_k = jnp.take_along_axis(keys_BxLxSxKxD.astype(mem.keys_BxLxCxKxD.dtype), src, 2,
+                              mode="clip")
+  new_v = jnp.take_along_axis(values_BxLxSxKxD.astype(mem.values_BxLxCxKxD.dtype), src, 2,
+                              mode="clip")
   sel = hit_BxC[:, None, :, None, None]
   cursor = mem.cursor_B + s if write_B is None else jnp.where(write_B, mem.cursor_B + s, mem.cursor_B)
   return TraceMemory(jnp.where(sel, new_k, mem.keys_BxLxCxKxD),

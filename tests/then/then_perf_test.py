@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from configs import then_recall
+from memjax.core import losses
 from memjax.core import tasks
 from memjax.core import tbptt
 from memjax.then import model as then
+from memjax.then import traces
 
 
 def _setup(**model):
@@ -52,3 +54,60 @@ def test_long_segment_loops_stay_a_scan():
       jnp.ones((n, 2))))
   assert f"unroll={tbptt.UNROLL_UP_TO}" in jaxpr(tbptt.UNROLL_UP_TO)
   assert "unroll=1" in jaxpr(tbptt.UNROLL_UP_TO + 1)
+
+
+def _write_onehot(mem, keys, values, write_B=None):
+  """The write this replaced: one-hot placement over the C slots."""
+  c, s = mem.capacity, keys.shape[2]
+  if s > c:
+    keys, values = keys[:, :, -c:], values[:, :, -c:]
+    mem = mem.replace(cursor_B=mem.cursor_B + (s - c))
+    s = c
+  onehot = jax.nn.one_hot((mem.cursor_B[:, None] + jnp.arange(s)) % c, c, dtype=keys.dtype)
+  hit = onehot.sum(1) > 0
+  if write_B is not None:
+    hit &= write_B[:, None]
+  sel = hit[:, None, :, None, None]
+  cursor = mem.cursor_B + s if write_B is None else jnp.where(write_B, mem.cursor_B + s, mem.cursor_B)
+  return traces.TraceMemory(
+      jnp.where(sel, jnp.einsum("bsc,blskd->blckd", onehot, keys), mem.keys_BxLxCxKxD),
+      jnp.where(sel, jnp.einsum("bsc,blskd->blckd", onehot, values), mem.values_BxLxCxKxD),
+      mem.valid_BxC | hit, cursor % c)
+
+
+@pytest.mark.parametrize("s", [1, 3, 6, 9])
+def test_trace_write_equals_one_hot_placement(s):
+  """The gather write equals the one-hot matmul it replaced: every slot, flag and cursor, and
+  the gradients into the old buffer and the new keys/values; rows at different cursors,
+  wrapping around, incognito rows, and more traces than slots (s = 9 > C = 6)."""
+  b, l, c, k, d = 3, 2, 6, 2, 4
+  r = jax.random.split(jax.random.key(1), 4)
+  mem = traces.TraceMemory(jax.random.normal(r[0], (b, l, c, k, d)),
+                           jax.random.normal(r[1], (b, l, c, k, d)),
+                           jnp.array([[True] * c, [False] * c, [True, False] * 3]),
+                           jnp.array([0, 4, 5], jnp.int32))
+  keys = jax.random.normal(r[2], (b, l, s, k, d))
+  values = jax.random.normal(r[3], (b, l, s, k, d))
+  w = jax.random.normal(jax.random.key(2), (b, l, c, k, d))
+  for write_B in (None, jnp.array([True, False, True])):
+    def f(fn, old_k, old_v, keys, values):
+      out = fn(mem.replace(keys_BxLxCxKxD=old_k, values_BxLxCxKxD=old_v), keys, values, write_B)
+      return ((out.keys_BxLxCxKxD * w).sum() + (out.values_BxLxCxKxD * w ** 2).sum(), out)
+    args = (mem.keys_BxLxCxKxD, mem.values_BxLxCxKxD, keys, values)
+    (l_new, new), g_new = jax.value_and_grad(f, (1, 2, 3, 4), has_aux=True)(traces.write, *args)
+    (l_old, old), g_old = jax.value_and_grad(f, (1, 2, 3, 4), has_aux=True)(_write_onehot, *args)
+    np.testing.assert_allclose(l_new, l_old, rtol=1e-6)
+    assert jax.tree.all(jax.tree.map(np.array_equal, new, old))
+    _assert_trees_close(g_new, g_old, rtol=1e-6, atol=0)
+
+
+def test_predicts_equals_argmax_with_ties():
+  """losses.predicts == (argmax == target), ties included (argmax takes the first maximum)."""
+  logits = jax.random.randint(jax.random.key(0), (4, 50, 7), 0, 3).astype(jnp.float32)
+  targets = jax.random.randint(jax.random.key(1), (4, 50), 0, 7)
+  want = jnp.argmax(logits, -1) == targets
+  np.testing.assert_array_equal(losses.predicts(logits, targets), want)
+  assert 0 < int(want.sum()) < want.size
+  logits = jax.random.normal(jax.random.key(2), (4, 50, 353))
+  targets = jnp.argmax(logits, -1).at[:, ::2].set(3)
+  np.testing.assert_array_equal(losses.predicts(logits, targets), jnp.argmax(logits, -1) == targets)
