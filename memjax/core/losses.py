@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from memjax.core import scan as scan_lib
+
 
 def token_nll(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
   """Per-position negative log-likelihood of the targets, float32."""
@@ -41,11 +43,50 @@ def answer_accuracy(logits_BxTxV: jax.Array, targets_BxT: jax.Array, answer_BxT:
                     max_answers: int) -> tuple[jax.Array, jax.Array]:
   """(answers fully right, answers present): answer_BxT holds answer ids 1..max_answers at the
   positions they span (0 elsewhere); an answer counts when all its tokens are right."""
-  wrong = ~predicts(logits_BxTxV, targets_BxT) & (answer_BxT > 0)
+  return answers_right(predicts(logits_BxTxV, targets_BxT), answer_BxT, max_answers)
+
+
+def answers_right(hit_BxT: jax.Array, answer_BxT: jax.Array,
+                  max_answers: int) -> tuple[jax.Array, jax.Array]:
+  """answer_accuracy from the per-position hits (predicted token == target)."""
+  wrong = ~hit_BxT & (answer_BxT > 0)
   ids = jax.nn.one_hot(answer_BxT - 1, max_answers, dtype=jnp.int32)          # BxTxA, 0 if none
   present = ids.sum(1) > 0                                                    # BxA
   any_wrong = (ids * wrong[..., None]).sum(1) > 0
   return (present & ~any_wrong).sum().astype(jnp.float32), present.sum().astype(jnp.float32)
+
+
+def scored_segments(head, h_BxTxD: jax.Array, targets_BxT: jax.Array, answer_BxT: jax.Array,
+                    segment_len: int, max_answers: int, *, unroll: bool | None = None):
+  """(answer_loss, correct, count) of `head(h)`'s logits, the head applied only to segments
+  that hold a scored position (lax.cond per segment, over the whole batch): the same numbers
+  as answer_loss / answer_accuracy of head(h) over all of T, which give the other segments
+  zero weight. Recall tasks score one segment in N: the head, its softmax and their backward
+  (a third of THEN's model FLOPs at 353 tokens x dim 64) then run on 1/N of the tokens."""
+  b, t = targets_BxT.shape
+  n = t // segment_len
+  split = lambda x: jnp.swapaxes(x.reshape(b, n, segment_len, *x.shape[2:]), 0, 1)
+  scored_BxT = answer_BxT > 0
+
+  def body(_, xs):
+    h, tgt, w = xs
+
+    def on():
+      logits = head(h)
+      return token_nll(logits, tgt) * w, predicts(logits, tgt)
+
+    def off():
+      return jnp.zeros(tgt.shape, jnp.float32), jnp.zeros(tgt.shape, bool)
+
+    return None, jax.lax.cond(jnp.any(w), on, off)
+
+  if unroll is None:
+    unroll = n <= scan_lib.UNROLL_UP_TO
+  _, (nll, hit) = scan_lib.scan(body, None, (split(h_BxTxD), split(targets_BxT),
+                                             split(scored_BxT)), unroll=unroll)
+  merge = lambda x: jnp.swapaxes(x, 0, 1).reshape(b, t)
+  loss = merge(nll).sum() / jnp.maximum(scored_BxT.sum().astype(jnp.float32), 1.0)
+  return (loss,) + answers_right(merge(hit), answer_BxT, max_answers)
 
 
 def exact_match(logits_BxV: jax.Array, answer_B: jax.Array, mask_B: jax.Array):

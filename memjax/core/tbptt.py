@@ -6,13 +6,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from memjax.core.scan import UNROLL_UP_TO
 from memjax.core.scan import scan
-
-# Segment loops this short are unrolled by default: the same numbers, and on the 2-core CPU a
-# cheaper step (THEN's 3 segments, BUILD_NOTES issue 16: the scanned backward slices its saved
-# activations per iteration and transposes them in copies the unrolled one does not make).
-# Compile time is bounded by this count; longer loops stay a scan.
-UNROLL_UP_TO = 4
 
 
 def run_segments(apply_segment: Callable, memory, segments, *, truncate_every: int = 0,

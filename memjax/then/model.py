@@ -109,9 +109,10 @@ class ThenLM(nnx.Module):
     self.remat = m.remat
 
   def __call__(self, tokens_BxS, state: ThenState, *, read: bool = True,
-               window: Window | None = None):
+               window: Window | None = None, head: bool = True):
     """Returns (logits, keys_BxLxSxKxD, values_BxLxSxKxD, shift tail). A `window` of retrieved
-    traces is read with the ring buffer, in one softmax."""
+    traces is read with the ring buffer, in one softmax. head=False: the final-normed hidden
+    states BxSxD in place of the logits (`logits` applies the head)."""
     x, tail = self.shift(self.embed(tokens_BxS), state.shift_BxWxD)
     t = state.traces
     mem_k, mem_v, valid = t.keys_BxLxCxKxD, t.values_BxLxCxKxD, t.valid_BxC
@@ -126,7 +127,11 @@ class ThenLM(nnx.Module):
       x, k, v = call(block, x, mem_k[:, i], mem_v[:, i], valid)
       ks.append(k)
       vs.append(v)
-    return self.head(self.norm(x)), jnp.stack(ks, 1), jnp.stack(vs, 1), tail
+    h = self.norm(x)
+    return (self.head(h) if head else h), jnp.stack(ks, 1), jnp.stack(vs, 1), tail
+
+  def logits(self, h_BxSxD):
+    return self.head(h_BxSxD)
 
   def address(self, tokens_BxT, shift_BxWxD):
     """The first layer's queries BxTxHxD: they depend on the tokens and the shift tail only
@@ -178,28 +183,34 @@ class ThenModel:
     return ThenState(traces_lib.init(batch, m.layers, m.capacity, m.kv_heads, m.dim // m.heads),
                      jnp.zeros((batch, m.shift_width - 1, m.dim), jnp.float32))
 
-  def segment(self, params, state: ThenState, tokens_BxS, *, write_B=None):
-    """One segment: read the traces, then write this segment's traces. -> (logits, state)."""
+  def segment(self, params, state: ThenState, tokens_BxS, *, write_B=None, head: bool = True):
+    """One segment: read the traces, then write this segment's traces. -> (logits, state);
+    head=False: (final hidden states, state)."""
     model = nnx.merge(self.graphdef, params)
-    logits, k, v, tail = model(tokens_BxS, state, read=self.m.read_memory)
+    logits, k, v, tail = model(tokens_BxS, state, read=self.m.read_memory, head=head)
     if self.m.write == "last":
       k, v = k[:, :, -self.m.write_last:], v[:, :, -self.m.write_last:]
     traces = traces_lib.write(state.traces, k, v, write_B)
     return logits, ThenState(traces, tail)
 
   def run(self, params, state: ThenState, tokens_BxT, *, truncate_every: int = 0,
-          unroll: bool | None = None):
+          unroll: bool | None = None, head: bool = True):
     """All segments of BxT tokens through the memory -> (logits BxTxV, state). `unroll`:
-    tbptt.run_segments' (None: unrolled up to tbptt.UNROLL_UP_TO segments, else a scan)."""
+    tbptt.run_segments' (None: unrolled up to UNROLL_UP_TO segments, else a scan).
+    head=False: the final hidden states BxTxD in place of the logits (`logits` applies it)."""
     segs = tbptt.split_segments(tokens_BxT, self.segment_len)
 
     def apply(state, seg):
-      logits, state = self.segment(params, state, seg)
+      logits, state = self.segment(params, state, seg, head=head)
       return state, logits
 
     state, logits = tbptt.run_segments(apply, state, segs, truncate_every=truncate_every,
                                        unroll=unroll)
     return tbptt.merge_segments(logits), state
+
+  def logits(self, params, h_BxSxD):
+    """The LM head over final hidden states (run / segment with head=False)."""
+    return nnx.merge(self.graphdef, params).logits(h_BxSxD)
 
   def ingest(self, params, state, tokens_BxT):
     return self.run(params, state, tokens_BxT)[1]

@@ -18,10 +18,13 @@ def make_system(config, task) -> System:
     del rng
     start = batch.get("reset", jnp.ones(batch["inputs"].shape[0], bool))
     state = memory_lib.reset(memory, start)
-    logits, state = then.run(params, state, batch["inputs"],
-                             truncate_every=config.model.truncate_every)
-    l = losses.answer_loss(logits, batch["targets"], batch["answer"])
-    correct, count = losses.answer_accuracy(logits, batch["targets"], batch["answer"], max_answers)
+    h, state = then.run(params, state, batch["inputs"],
+                        truncate_every=config.model.truncate_every, head=False)
+    # The head, its softmax and their gradient only on segments with a scored position: the
+    # same loss, accuracy and gradients as over every position (issue 16).
+    l, correct, count = losses.scored_segments(
+        lambda h: then.logits(params, h), h, batch["targets"], batch["answer"],
+        then.segment_len, max_answers)
     return l, ({"accuracy": correct / jnp.maximum(count, 1.0)}, state, aux)
 
   def ingest(params, batch):

@@ -10,6 +10,7 @@ from memjax.core import losses
 from memjax.core import tasks
 from memjax.core import tbptt
 from memjax.then import model as then
+from memjax.then import system as then_system
 from memjax.then import traces
 
 
@@ -111,3 +112,39 @@ def test_predicts_equals_argmax_with_ties():
   logits = jax.random.normal(jax.random.key(2), (4, 50, 353))
   targets = jnp.argmax(logits, -1).at[:, ::2].set(3)
   np.testing.assert_array_equal(losses.predicts(logits, targets), jnp.argmax(logits, -1) == targets)
+
+
+@pytest.mark.parametrize("scored", ["task", "every segment", "none"])
+def test_loss_with_head_on_scored_segments_equals_head_everywhere(scored):
+  """THEN's training loss applies the head only to segments holding a scored position: loss,
+  accuracy, carried memory and gradients equal the head over every position."""
+  c = then_recall.get_config("tiny")
+  task = tasks.make_task(c.task)
+  system = then_system.make_system(c, task)
+  m, params, batch = _setup()
+  if scored == "every segment":   # an answer id in each segment, one spanning two segments
+    a = np.array(batch["answer"])
+    s = m.segment_len
+    a[:, 1], a[:, s - 1], a[:, s], a[:, 2 * s + 1] = 1, 2, 2, 3
+    batch = dict(batch, answer=jnp.asarray(a))
+  elif scored == "none":
+    batch = dict(batch, answer=jnp.zeros_like(batch["answer"]))
+
+  def old_loss(params):
+    logits, state = m.run(params, m.init_state(4), batch["inputs"])
+    l = losses.answer_loss(logits, batch["targets"], batch["answer"])
+    correct, count = losses.answer_accuracy(logits, batch["targets"], batch["answer"],
+                                            task.max_answers)
+    return l, (correct / jnp.maximum(count, 1.0), state)
+
+  def new_loss(params):
+    l, (metrics, state, _) = system.loss(params, batch, m.init_state(4), (), None)
+    return l, (metrics["accuracy"], state)
+
+  (l_old, out_old), g_old = jax.jit(jax.value_and_grad(old_loss, has_aux=True))(params)
+  (l_new, out_new), g_new = jax.jit(jax.value_and_grad(new_loss, has_aux=True))(params)
+  np.testing.assert_allclose(l_new, l_old, rtol=1e-6)
+  _assert_trees_close(out_new, out_old)
+  _assert_trees_close(g_new, g_old, rtol=1e-5, atol=1e-7)
+  if scored == "none":
+    assert float(l_new) == 0.0
