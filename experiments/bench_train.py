@@ -1,11 +1,23 @@
-"""Training throughput, model FLOP utilisation and TBPTT compile-time scaling, in one run.
+"""Training throughput and model FLOP utilisation of every design's default config, one run.
 
-  python experiments/bench_train.py                      # the default THEN recall config
-  python experiments/bench_train.py --config.model.dim=256
+  python experiments/bench_train.py                        # all designs, THEN at dim 64 and 256
+  python experiments/bench_train.py --designs=then --then_dims= --config.model.layers=2
+  python experiments/bench_train.py --quick                # tiny configs: a smoke test
 
-Prints tokens/s; MFU = model FLOPs/s / FLOP/s of a float32 matmul measured in the
-same run; and compile time of the TBPTT gradient over 16 vs 2 segments.
+THEN runs from --config (default configs/then_recall.py, overrides allowed) at its own width,
+then at each of --then_dims; the other designs from their default configs. --quick uses every
+design's :tiny config (THEN's too) and one width.
+
+Per design: step time (wall and CPU, best of --rounds x --calls calls of the jitted
+steps_per_call-step call the training loop makes), training tokens/s, model GFLOP/step (THEN:
+its analytic count, then.flops_per_token; the others: the matmuls of the traced step,
+memjax.core.flops) and MFU = model FLOP/s / float32 matmul FLOP/s, the matmul (--matmul^3)
+timed in the same run next to each design (the best of all its timings is the yardstick).
+Also THEN's TBPTT compile time over 16 vs 2 segments (not with --quick).
 """
+import copy
+import importlib.util
+import os
 import time
 
 import jax
@@ -13,34 +25,47 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
+from memjax.core import bench
 from memjax.core import cli
+from memjax.core import config as cfg
 from memjax.core import loop
-from memjax.core.step import make_multi_step
-from memjax.core.step import make_train_step
+from memjax.core import tasks
 from memjax.then import model as then
 
-_CONFIG = cli.define_config_file("config", "configs/then_recall.py", "Config file.")
-_CALLS = flags.DEFINE_integer("calls", 10, "Timed calls of the jitted multi-step.")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DESIGNS = {
+    "then": "configs/then_recall.py",
+    "hrsa": "configs/hrsa_retrieval.py",
+    "titans": "configs/titans_recall.py",
+    "hrm": "configs/hrm_reasoning.py",
+    "planner": "configs/hrrm_planner.py",
+    "reasoner": "configs/hrrm_reasoner.py",
+}
+
+_DESIGNS = flags.DEFINE_list("designs", list(DESIGNS), f"Designs to run, of {list(DESIGNS)}.")
+_CONFIG = cli.define_config_file("config", DESIGNS["then"], "THEN's config file.")
+_THEN_DIMS = flags.DEFINE_list("then_dims", ["256"], "More THEN runs, at these model.dim.")
+_QUICK = flags.DEFINE_bool("quick", False, "Tiny configs, one call, a 256^3 matmul: a smoke test.")
+_CALLS = flags.DEFINE_integer("calls", 3, "Timed calls per round.")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Rounds (the best is kept).")
 _MATMUL = flags.DEFINE_integer("matmul", 2048, "Size of the reference float32 matmul.")
 
 
-def _time(f, *args, reps=3):
-  jax.block_until_ready(f(*args))
-  best = float("inf")
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    best = min(best, time.perf_counter() - t0)
-  return best
+def then_gflop(config, system, state, batch):
+  """THEN's analytic count, the head on the segments with a scored position (as the loss)."""
+  del system, state
+  s = config.model.segment_len or config.task.segment_len
+  ans = np.asarray(batch["answer"]) > 0
+  scored = float(ans.reshape(ans.shape[0], -1, s).any((0, 2)).mean())
+  vocab = tasks.make_task(config.task).vocab_size
+  per_token = then.flops_per_token(config.model, vocab, s, head_fraction=scored)
+  return per_token * bench.tokens_per_step(batch) / 1e9, "analytic (then.flops_per_token)"
 
 
-def matmul_flops(n: int) -> float:
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda a, b: a @ b)
-  return 2 * n ** 3 / _time(f, a, a)
-
-
-def compile_seconds(config, task, num_segments: int) -> float:
+def then_compile_seconds(config, num_segments: int) -> float:
+  """Compile time of THEN's TBPTT gradient over `num_segments` segments (up to
+  tbptt.UNROLL_UP_TO unrolled, longer a scan whose compile time does not grow)."""
+  task = tasks.make_task(config.task)
   model = then.ThenModel(config, task.vocab_size, task.segment_len)
   b, s = config.train.batch_size, task.segment_len
   params = jax.eval_shape(model.init_params, jax.random.key(0))
@@ -55,42 +80,66 @@ def compile_seconds(config, task, num_segments: int) -> float:
   return time.perf_counter() - t0
 
 
+def load_config(path: str, arg: str | None):
+  spec = importlib.util.spec_from_file_location("bench_config", os.path.join(ROOT, path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def runs():
+  """(label, config) for each design asked for; THEN once per --then_dims."""
+  arg = "tiny" if _QUICK.value else None
+  dims = cli.int_list("then_dims", _THEN_DIMS.value)
+  for name in _DESIGNS.value:
+    if name not in DESIGNS:
+      raise cfg.ConfigError(f"--designs: unknown design {name!r}, one of {list(DESIGNS)}")
+  for name in _DESIGNS.value:
+    if name != "then":
+      yield name, load_config(DESIGNS[name], arg)
+      continue
+    if _QUICK.value:
+      c = load_config(DESIGNS[name], arg)
+      yield f"then dim {c.model.dim}", c
+      continue
+    yield f"then dim {_CONFIG.value.model.dim}", _CONFIG.value
+    for d in dims:
+      c = copy.deepcopy(_CONFIG.value)
+      c.model.dim = d
+      yield f"then dim {d}", c
+
+
 def main(argv):
   del argv
-  c = _CONFIG.value
-  loop.validate(c)
-  task, system, tx = loop.build(c)
-  state = loop.init_state(c, system, tx)
-  k = c.train.steps_per_call
-  step = jax.jit(make_multi_step(make_train_step(system.loss, tx)), donate_argnums=0)
-  it = iter(task.batches("train", c.train.batch_size, 0))
-  batches = [jax.tree.map(lambda *b: np.stack(b), *[next(it) for _ in range(k)]) for _ in range(2)]
-  state, m = step(state, batches[0])
-  jax.block_until_ready(m)
-  t0 = time.perf_counter()
-  for i in range(_CALLS.value):
-    state, m = step(state, batches[i % 2])
-  jax.block_until_ready(m)
-  dt = (time.perf_counter() - t0) / (_CALLS.value * k)
-  tokens = c.train.batch_size * task.length
-  model_flops = then.flops_per_token(c.model, task.vocab_size, task.segment_len) * tokens
-  peak = matmul_flops(_MATMUL.value)
-  c2, c16 = compile_seconds(c, task, 2), compile_seconds(c, task, 16)
-  rows = [
-      ("device", f"{jax.devices()[0].device_kind} x{jax.device_count()}"),
-      ("step time (ms)", f"{dt * 1e3:.2f}"),
-      ("training tokens/s", f"{tokens / dt:,.0f}"),
-      ("model GFLOP/step", f"{model_flops / 1e9:.3f}"),
-      ("model GFLOP/s", f"{model_flops / dt / 1e9:.2f}"),
-      (f"float32 matmul {_MATMUL.value}^3 GFLOP/s", f"{peak / 1e9:.2f}"),
-      ("MFU (model / matmul)", f"{model_flops / dt / peak:.3f}"),
-      ("compile s, TBPTT 2 segments", f"{c2:.2f}"),
-      ("compile s, TBPTT 16 segments", f"{c16:.2f}"),
-      ("compile ratio 16/2", f"{c16 / c2:.2f}"),
-  ]
-  w = max(len(r[0]) for r in rows)
-  for name, v in rows:
-    print(f"{name.ljust(w)}  {v}")
+  quick = _QUICK.value
+  n = 256 if quick else _MATMUL.value
+  calls, rounds = (1, 1) if quick else (_CALLS.value, _ROUNDS.value)
+  print(f"device {jax.devices()[0].device_kind} x{jax.device_count()}; float32 matmul {n}^3")
+  rows, peaks = [], []
+  for label, c in runs():
+    peaks.append(bench.matmul_gflops(n))
+    count = then_gflop if c.model.name == "then" else bench.step_gflop
+    r = bench.bench_step(c, calls=calls, rounds=rounds, count=count)
+    rows.append((label, r))
+    print(f"  {label}: {r.step_ms:.2f} ms/step (CPU {r.cpu_ms:.2f}), {r.gflop:.3f} GFLOP/step "
+          f"[{r.flop_source}], matmul {peaks[-1]:.1f} GFLOP/s", flush=True)
+  peak = max(peaks)
+  print(f"\nmatmul {n}^3 float32: best {peak:.1f} GFLOP/s of {len(peaks)} timings "
+        f"(min {min(peaks):.1f}); MFU against the best")
+  head = ("design", "step ms", "CPU ms", "tokens/s", "GFLOP/step", "GFLOP/s", "MFU")
+  table = [head] + [(label, f"{r.step_ms:.2f}", f"{r.cpu_ms:.2f}",
+                     f"{r.tokens / r.step_ms * 1e3:,.0f}", f"{r.gflop:.3f}",
+                     f"{r.gflop / r.step_ms * 1e3:.2f}",
+                     f"{r.gflop / r.step_ms * 1e3 / peak:.3f}") for label, r in rows]
+  widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+  for row in table:
+    print("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in
+                    enumerate(zip(row, widths))))
+  if "then" in _DESIGNS.value and not quick:
+    c = _CONFIG.value
+    c2, c16 = then_compile_seconds(c, 2), then_compile_seconds(c, 16)
+    print(f"THEN TBPTT compile s: 2 segments {c2:.2f}, 16 segments {c16:.2f} "
+          f"(ratio {c16 / c2:.2f})")
 
 
 if __name__ == "__main__":

@@ -261,11 +261,13 @@ class ThenModel:
     return logits, (state if incognito else new)
 
 
-def flops_per_token(m, vocab_size: int, segment_len: int) -> float:
+def flops_per_token(m, vocab_size: int, segment_len: int, head_fraction: float = 1.0) -> float:
   """Model FLOPs per trained token (forward + backward = 3x forward), counting matmuls
-  and the attention the model computes: C traces plus the S-token segment per query."""
+  and the attention the model computes: C traces plus the S-token segment per query. The
+  LM head counts on `head_fraction` of the tokens: the training loss applies it only to
+  segments holding a scored position (system.py; 1/3 of them in the recall task)."""
   d, h = m.dim, m.mlp_ratio * m.dim
   kv = m.kv_heads * (m.dim // m.heads)
   proj = 2 * (2 * d * d + 2 * d * kv + 3 * d * h)
   attn = 2 * 2 * d * (m.capacity + segment_len)
-  return 3.0 * (m.layers * (proj + attn) + 2 * d * vocab_size)
+  return 3.0 * (m.layers * (proj + attn) + head_fraction * 2 * d * vocab_size)
