@@ -90,7 +90,7 @@ class Block(nnx.Module):
     self.norm1 = RMSNorm(dim)
     self.attn = HybridTHENAttention(dim, heads, kv_heads, rngs=rngs)
     self.norm2 = RMSNorm(dim)
-    self.mlp = GatedMLP(dim, hidden, rngs=rngs)
+    self.mlp = GatedMLP(dim, hidden, feature_major=True, rngs=rngs)
 
   def __call__(self, x, mem_k, mem_v, valid, *, read: bool):
     h, k, v = self.attn(self.norm1(x), mem_k, mem_v, valid, read=read)

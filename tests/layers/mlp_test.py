@@ -1,5 +1,7 @@
-"""Token-blocked application of a per-token function equals applying it at once."""
+"""GatedMLP: token-blocked application equals applying it at once; the feature-major layout
+equals the token-major one."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -21,3 +23,29 @@ def test_blockwise_equals_direct_forward_and_grads(n, block):
   # compare within ~100 float32 ulp of the largest entry (an entry near 0 gets no rtol slack).
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_feature_major_equals_token_major_forward_and_grad(act, dtype):
+  """GatedMLP(feature_major=True) (issue 16): the same parameters, values and gradients."""
+  a = GatedMLP(8, 12, act=act, rngs=nnx.Rngs(0))
+  b = GatedMLP(8, 12, act=act, feature_major=True, rngs=nnx.Rngs(0))
+  ga, pa = nnx.split(a, nnx.Param)
+  gb, pb = nnx.split(b, nnx.Param)
+  assert jax.tree.structure(pa) == jax.tree.structure(pb)
+  x = jax.random.normal(jax.random.key(1), (3, 5, 8)).astype(dtype)
+  w = jax.random.normal(jax.random.key(2), (3, 5, 8))
+
+  def f(g, p, x):
+    y = nnx.merge(g, p)(x)
+    return (y.astype(jnp.float32) * w).sum(), y
+
+  tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=2e-2, atol=2e-2)
+  (la, ya), (dpa, dxa) = jax.value_and_grad(f, (1, 2), has_aux=True)(ga, pa, x)
+  (lb, yb), (dpb, dxb) = jax.value_and_grad(f, (1, 2), has_aux=True)(gb, pa, x)
+  assert yb.dtype == ya.dtype and yb.shape == ya.shape
+  np.testing.assert_allclose(np.float32(yb), np.float32(ya), **tol)
+  np.testing.assert_allclose(np.float32(dxb), np.float32(dxa), **tol)
+  for u, v in zip(jax.tree.leaves(dpb), jax.tree.leaves(dpa)):
+    np.testing.assert_allclose(np.float32(u), np.float32(v), **tol)
