@@ -15,6 +15,12 @@ model.aux_losses:
   contrastive     softplus(log p(answer | other example's latents) - log p(answer | own latents))
                   at the reader's answer logits (one more reader pass)
   reconstruction  a head rebuilds the removed tokens from the latents
+  distill / kv_distill   latent k -> what statement k's digit token leaves in the frozen reader
+                  reading the text (every layer's hidden state / the attention key and value at
+                  model.kv_layers, where the reader's lookup heads find a digit)
+  slots, binding  the answer loss for more removed statements; linear key/digit read-outs
+  lookup          -log of the reader's attention (last position, mean over layers and heads) on
+                  the asked statement's latent
 With LoRA, the same adapter is also trained on the full prompt as text (model.oracle_batch
 examples per step, weight model.oracle_weight), so the oracle is the same reader, adapted on
 full-text prompts of the task for the same steps.
