@@ -69,13 +69,72 @@ class Reader:
       return x, x
     return jax.lax.scan(body, embeds_BxTxD.astype(m.dtype), per_layer)[1]
 
+  def kv_states(self, frozen, embeds_BxTxD):
+    """The frozen reader's attention keys (after its key norm, before RoPE) and values at every
+    layer on these embeddings: two L x B x T x K x D arrays (K kv heads); differentiable in
+    the embeddings. Where the reader's lookup heads find a statement's digit in text."""
+    m = nnx.merge(self.graphdef, frozen)
+    b, t, _ = embeds_BxTxD.shape
+    pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    g, st = nnx.split(m.blocks)
+    per_layer = (st, jnp.asarray(m.windows, jnp.int32), jnp.asarray(m.thetas, jnp.float32),
+                 jnp.asarray(m.rope_scales, jnp.float32))
+
+    def body(x, xs):
+      s, window, theta, scale = xs
+      blk = nnx.merge(g, s)
+      xn = blk.attn_norm(x)
+      a = blk.attn
+      k = a.k(xn).reshape(b, t, a.num_kv_heads, a.head_dim)
+      if a.k_norm is not None:
+        k = a.k_norm(k)
+      v = a.v(xn).reshape(b, t, a.num_kv_heads, a.head_dim)
+      return blk(x, pos, window, theta, scale)[0], (k, v)
+    return jax.lax.scan(body, embeds_BxTxD.astype(m.dtype), per_layer)[1]
+
   def bos_embeds(self, frozen, batch: int):
     return self.embed(frozen, jnp.full((batch, 1), self.bos, jnp.int32))
 
-  def digit_logits(self, frozen, adapters, embeds_BxTxD):
-    """B x 10 float32 logits of the digit tokens after the last input position."""
+  def digit_logits(self, frozen, adapters, embeds_BxTxD, lookup: tuple[int, int] | None = None):
+    """B x 10 float32 logits of the digit tokens after the last input position.
+
+    lookup=(start, n): also return the attention of the last position over the n positions
+    from `start` (the latents), every layer and query head: L x B x H x n (probabilities over
+    all visible positions, so they sum to <= 1)."""
     m = self.model(frozen, adapters)
-    h, _ = m(embeds_BxTxD=embeds_BxTxD)
+    if lookup is None:
+      h, _ = m(embeds_BxTxD=embeds_BxTxD)
+      return self._head(m, h)
+    h, probs = self._forward_with_lookup(m, embeds_BxTxD, *lookup)
+    return self._head(m, h), probs
+
+  def _forward_with_lookup(self, m, embeds_BxTxD, start: int, n: int):
+    """The decoder's own forward (no cache), plus each layer's attention of the last position
+    over positions start..start+n-1 (recomputed from the block's q and k there)."""
+    x = embeds_BxTxD.astype(m.dtype)
+    b, t, _ = x.shape
+    pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    g, st = nnx.split(m.blocks)
+    per_layer = (st, jnp.asarray(m.windows, jnp.int32), jnp.asarray(m.thetas, jnp.float32),
+                 jnp.asarray(m.rope_scales, jnp.float32))
+
+    def body(x, xs):
+      s, window, theta, scale = xs
+      blk = nnx.merge(g, s)
+      q, k, _ = blk.attn.qkv(blk.attn_norm(x), pos / scale, theta)
+      h, kh = q.shape[2], k.shape[2]
+      qq = q[:, -1].reshape(b, kh, h // kh, -1)
+      sc = jnp.einsum("bkgd,bskd->bkgs", qq, k, preferred_element_type=jnp.float32)
+      sc = sc * blk.attn_scale
+      if blk.attn_softcap is not None:
+        sc = jnp.tanh(sc / blk.attn_softcap) * blk.attn_softcap
+      sc = jnp.where(jnp.arange(t) > t - 1 - window, sc, -1e30)   # the sliding window
+      p = jax.nn.softmax(sc, -1).reshape(b, h, t)[..., start:start + n]
+      return blk(x, pos, window, theta, scale)[0], p
+    x, probs = jax.lax.scan(body, x, per_layer)
+    return m.final_norm(x), probs
+
+  def _head(self, m, h):
     w = m.output_embedding()[jnp.asarray(self.digit_ids)]
     logits = jnp.einsum("bd,nd->bn", h[:, -1].astype(w.dtype), w,
                         preferred_element_type=jnp.float32)

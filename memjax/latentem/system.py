@@ -15,6 +15,12 @@ model.aux_losses:
   contrastive     softplus(log p(answer | other example's latents) - log p(answer | own latents))
                   at the reader's answer logits (one more reader pass)
   reconstruction  a head rebuilds the removed tokens from the latents
+  distill / kv_distill   latent k -> what statement k's digit token leaves in the frozen reader
+                  reading the text (every layer's hidden state / the attention key and value at
+                  model.kv_layers, where the reader's lookup heads find a digit)
+  slots, binding  the answer loss for more removed statements; linear key/digit read-outs
+  lookup          -log of the reader's attention (last position, mean over layers and heads) on
+                  the asked statement's latent
 With LoRA, the same adapter is also trained on the full prompt as text (model.oracle_batch
 examples per step, weight model.oracle_weight), so the oracle is the same reader, adapted on
 full-text prompts of the task for the same steps.
@@ -48,7 +54,8 @@ from memjax.latentem.reader import Reader, scores
 from memjax.layers import lora as lora_lib
 
 READERS = ("lora", "frozen")
-AUX_LOSSES = ("probe", "contrastive", "reconstruction", "distill", "slots", "binding")
+AUX_LOSSES = ("probe", "contrastive", "reconstruction", "distill", "slots", "binding", "lookup",
+              "kv_distill")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
@@ -59,6 +66,7 @@ def defaults() -> ml_collections.ConfigDict:
       lora_rank=8, lora_alpha=16.0, lora_targets=("q", "k", "v", "o"),
       aux_losses=("probe",), probe_weight=1.0, contrastive_weight=1.0,
       reconstruction_weight=0.1, probe_dim=128, distill_weight=1.0, slots_weight=1.0, binding_weight=1.0, slots_asked=4,
+      lookup_weight=1.0, lora_b_init=0.0, kv_distill_weight=1.0, kv_layers=(5, 11),
       segment_pool=False, raw_embeddings=False, token_values=False, probe_detach=False,
       oracle_weight=1.0, oracle_batch=4, train_kept=0,
       debug=dict(update_check=False, grad_check=False)))
@@ -101,6 +109,9 @@ def validate(config) -> None:
   pre = reader_loading.load(m.reader, t.get("reader_dtype", "float32"))
   reader_loading.check_reader(pre.model)
   n = pre.config.num_layers
+  if "kv_distill" in m.aux_losses:
+    cfg.require(len(m.kv_layers) > 0 and all(0 <= i < n for i in m.kv_layers), "model.kv_layers",
+                f"layers of the reader (0..{n - 1}) for kv_distill, got {tuple(m.kv_layers)}")
   cfg.require(m.encoder_reader_layers <= n, "model.encoder_reader_layers",
               f"{m.encoder_reader_layers} exceeds the reader's {n} layers")
 
@@ -185,7 +196,7 @@ class Latentem:
       if b == "lora":
         params[f"{b}_adapters"] = lora_lib.init(
             jax.random.fold_in(k, 2), self.frozen, targets=tuple(self.m.lora_targets),
-            rank=self.m.lora_rank)
+            rank=self.m.lora_rank, b_std=self.m.lora_b_init)
     return params
 
   def adapters(self, params, branch):
@@ -209,9 +220,10 @@ class Latentem:
                 tokens_BxRxD=self.reader.embed(frozen, removed_BxR) if self.m.token_values
                 else None)
 
-  def read_memory(self, params, branch, frozen, kept_BxT, latents_BxKxD):
+  def read_memory(self, params, branch, frozen, kept_BxT, latents_BxKxD, lookup: bool = False):
     """Digit logits of the reader on [BOS | soft prompt | latents | kept] (latents None: no
-    memory at all, [BOS | kept])."""
+    memory at all, [BOS | kept]); lookup: also the last position's attention over the latents
+    (L x B x H x K, see Reader.digit_logits)."""
     b = kept_BxT.shape[0]
     parts = [self.reader.bos_embeds(frozen, b)]
     if latents_BxKxD is not None:
@@ -220,8 +232,9 @@ class Latentem:
         parts.append(jnp.broadcast_to(soft, (b,) + soft.shape))
       parts.append(latents_BxKxD)
     parts.append(self.reader.embed(frozen, kept_BxT))
+    span = (1 + self.m.soft_prompt, latents_BxKxD.shape[1]) if lookup else None
     return self.reader.digit_logits(frozen, self.adapters(params, branch),
-                                    jnp.concatenate(parts, 1))
+                                    jnp.concatenate(parts, 1), lookup=span)
 
   def read_text(self, params, branch, frozen, ids_BxT, bos: bool = False):
     x = self.reader.embed(frozen, ids_BxT)
@@ -256,7 +269,10 @@ class Latentem:
     ans = batch["answer"]
     lat = self.latents(params, branch, frozen, batch["removed"], batch.get("segments"))
     kept = _crop(batch["kept"], m.train_kept)
-    logits = self.read_memory(params, branch, frozen, kept, lat)
+    lookup = "lookup" in self.aux
+    logits = self.read_memory(params, branch, frozen, kept, lat, lookup=lookup)
+    if lookup:
+      logits, probs = logits
     l_ans, correct, count, lp = scores(logits, ans)
     total = l_ans
     b = lat.shape[0]
@@ -296,12 +312,24 @@ class Latentem:
       met[f"{branch}/loss_binding"] = l_bind
       met[f"{branch}/accuracy_binding_digit"] = hit[..., 2].mean()
       met[f"{branch}/accuracy_binding_key"] = hit[..., :2].all(-1).mean()
+    if lookup:
+      l_lk, a_lk = lookup_loss(probs, batch["asked_slot"])
+      total += m.lookup_weight * l_lk
+      met[f"{branch}/loss_lookup"] = l_lk
+      met[f"{branch}/accuracy_lookup"] = a_lk
     if "slots" in self.aux:
       rng = jax.random.key(0) if rng is None else rng
-      l_sl, a_sl = self.slots_loss(params, branch, frozen, batch, lat, rng)
+      l_sl, a_sl, lk = self.slots_loss(params, branch, frozen, batch, lat, rng)
       total += m.slots_weight * l_sl
       met[f"{branch}/loss_slots"] = l_sl
       met[f"{branch}/accuracy_slots"] = a_sl
+      if lk is not None:
+        total += m.lookup_weight * lk[0]
+        met[f"{branch}/loss_lookup_slots"], met[f"{branch}/accuracy_lookup_slots"] = lk
+    if "kv_distill" in self.aux:
+      l_kv = self.kv_distill_loss(frozen, batch, lat)
+      total += m.kv_distill_weight * l_kv
+      met[f"{branch}/loss_kv_distill"] = l_kv
     if "distill" in self.aux:
       l_dis = self.distill_loss(frozen, batch, lat)
       total += m.distill_weight * l_dis
@@ -335,6 +363,30 @@ class Latentem:
     err = ((student - teacher) ** 2).sum(-1).mean((1, 2))
     return (err / (spread + 1e-6)).mean()
 
+  def kv_distill_loss(self, frozen, batch, lat_BxKxD):
+    """Latent k, read by the frozen reader after [BOS | latents < k], should give the attention
+    key and value that statement k's digit token gives when the reader reads the removed text,
+    at the layers model.kv_layers: where the reader's own lookup heads find the asked digit in
+    text (measured on Gemma 3 270M: layer 5 head 1 and layer 11 head 2 put 0.31 / 0.43 of the
+    question's attention on the asked digit, 0.05 / 0.01 on the others). A latent with the key
+    and value of "KEY05 = 8"'s digit there is one those heads already look up. Squared error
+    per layer over the teacher's spread across the batch and slots; keys before RoPE."""
+    b = lat_BxKxD.shape[0]
+    layers = jnp.asarray(self.m.kv_layers)
+    k_t, v_t = self.reader.kv_states(frozen, self.reader.embed(frozen, batch["removed"]))
+    idx = batch["digit_pos"][None, :, :, None, None]
+    teach = [jax.lax.stop_gradient(jnp.take_along_axis(z[layers], idx, axis=2))
+             for z in (k_t, v_t)]   # L x B x S x K x D
+    x = jnp.concatenate([self.reader.bos_embeds(frozen, b), lat_BxKxD.astype(k_t.dtype)], 1)
+    k_s, v_s = self.reader.kv_states(frozen, x)
+    out = 0.0
+    for t, s in zip(teach, (k_s, v_s)):
+      s = s[layers][:, :, 1:]
+      spread = ((t - t.mean((1, 2), keepdims=True)) ** 2).sum((-2, -1)).mean((1, 2))
+      err = ((s - t) ** 2).sum((-2, -1)).mean((1, 2))
+      out += (err / (spread + 1e-6)).mean() / 2
+    return out
+
   def slots_loss(self, params, branch, frozen, batch, lat_BxKxD, rng):
     """The answer loss for more questions per memory: model.slots_asked of the first S removed
     statements (drawn per example), each read as [BOS | latents | its question] alone. The asked
@@ -346,8 +398,13 @@ class Latentem:
     qry = jnp.take_along_axis(batch["slot_queries"], pick[:, :, None], 1).reshape(b * n, -1)
     ans = jnp.take_along_axis(batch["slot_digits"], pick, 1).reshape(b * n)
     lat = jnp.repeat(lat_BxKxD, n, axis=0)
-    loss, correct, count, _ = scores(self.read_memory(params, branch, frozen, qry, lat), ans)
-    return loss, correct / count
+    out = self.read_memory(params, branch, frozen, qry, lat, lookup="lookup" in self.aux)
+    lk = None
+    if "lookup" in self.aux:
+      out, probs = out
+      lk = lookup_loss(probs, pick.reshape(b * n))
+    loss, correct, count, _ = scores(out, ans)
+    return loss, correct / count, lk
 
   def loss(self, params, batch, memory, aux, rng, *, frozen):
     total, metrics = 0.0, {}
@@ -401,6 +458,16 @@ class Latentem:
     out["num_latents"] = self.m.num_latents
     out["budget"] = self.task.budget
     return out
+
+
+def lookup_loss(probs_LxBxHxK, asked_B):
+  """-log of the attention mass on the asked latent, averaged over the reader's layers and
+  heads (so the heads already looking at it get most of the gradient), and how often the
+  latent with the most attention summed over layers and heads is the asked one."""
+  p = jnp.take_along_axis(probs_LxBxHxK, asked_B[None, :, None, None], -1)[..., 0]
+  loss = -jnp.log(p.mean((0, 2)) + 1e-9).mean()
+  hit = (probs_LxBxHxK.sum((0, 2)).argmax(-1) == asked_B).mean()
+  return loss, hit
 
 
 def _checksum(tree):

@@ -44,8 +44,11 @@ def targeted(frozen_state, targets) -> dict[str, jax.Array]:
   return out
 
 
-def init(rng: jax.Array, frozen_state, *, targets, rank: int, dtype=jnp.float32) -> dict:
-  """Adapters for every targeted kernel: A ~ N(0, 1/fan_in), B = 0."""
+def init(rng: jax.Array, frozen_state, *, targets, rank: int, dtype=jnp.float32,
+         b_std: float = 0.0) -> dict:
+  """Adapters for every targeted kernel: A ~ N(0, 1/fan_in), B = 0 (or N(0, b_std^2): with
+  B = 0 on both the query and the key side, their product has no gradient at init, a saddle a
+  new query-key match must first leave)."""
   kernels = targeted(frozen_state, targets)
   if not kernels:
     raise ValueError(f"no kernel matches the LoRA targets {tuple(targets)}")
@@ -53,7 +56,11 @@ def init(rng: jax.Array, frozen_state, *, targets, rank: int, dtype=jnp.float32)
   for i, (p, w) in enumerate(sorted(kernels.items())):
     *lead, fan_in, fan_out = w.shape
     a = jax.random.normal(jax.random.fold_in(rng, i), (*lead, fan_in, rank), dtype)
-    out[p] = Adapter(a=a * fan_in ** -0.5, b=jnp.zeros((*lead, rank, fan_out), dtype))
+    b = jnp.zeros((*lead, rank, fan_out), dtype)
+    if b_std:
+      b = b_std * jax.random.normal(jax.random.fold_in(jax.random.fold_in(rng, i), 1), b.shape,
+                                    dtype)
+    out[p] = Adapter(a=a * fan_in ** -0.5, b=b)
   return out
 
 

@@ -174,3 +174,74 @@ def test_binary_exits_2_with_one_line():
                      capture_output=True, text=True, timeout=120)
   assert r.returncode == 2, r.stderr[-2000:]
   assert r.stderr.strip().splitlines()[-1].startswith("error: model.aux_losses: unknown auxiliary")
+
+
+def test_lookup_and_kv_distill_losses():
+  c = _config(readers=("lora",), aux_losses=("slots", "binding", "lookup", "kv_distill"),
+              kv_layers=(0, 1), segment_pool=True, token_values=True, raw_embeddings=True)
+  loop.validate(c)
+  task = tasks.make_task(c.task)
+  lt = system_lib.Latentem(c, task)
+  params = lt.init(jax.random.key(0))
+  params["lora_adapters"] = jax.tree.map(lambda x: x + 0.05, params["lora_adapters"])
+  batch = {k: jnp.asarray(v) for k, v in next(iter(task.batches("train", 2, 0))).items()}
+  lat = lt.latents(params, "lora", lt.frozen, batch["removed"], batch["segments"])
+  # The lookup path is the reader's own forward: the same logits, plus the last position's
+  # attention over the K latents (probabilities, so within [0, 1] and summing to <= 1).
+  plain = lt.read_memory(params, "lora", lt.frozen, batch["kept"], lat)
+  logits, probs = lt.read_memory(params, "lora", lt.frozen, batch["kept"], lat, lookup=True)
+  np.testing.assert_allclose(np.asarray(plain), np.asarray(logits), rtol=1e-6, atol=1e-6)
+  n_layers = len(lt.reader.model(lt.frozen).windows)
+  assert probs.shape == (n_layers, 2, lt.reader.config.num_heads, c.model.num_latents)
+  assert float(probs.min()) >= 0 and float(probs.sum(-1).max()) <= 1 + 1e-5
+  loss, hit = system_lib.lookup_loss(probs, batch["asked_slot"])
+  assert np.isfinite(float(loss)) and 0 <= float(hit) <= 1
+  # One-hot attention on the asked latent: zero loss, every lookup a hit.
+  onehot = jax.nn.one_hot(batch["asked_slot"], c.model.num_latents)[None, :, None]
+  l1, h1 = system_lib.lookup_loss(jnp.broadcast_to(onehot, probs.shape), batch["asked_slot"])
+  assert abs(float(l1)) < 1e-6 and float(h1) == 1.0
+  # Both losses are finite; kv_distill reaches the compressor, lookup the adapters.
+  met = jax.jit(lambda p, b, f: lt.branch_loss(p, b, f, "lora", jax.random.key(1))[1])(
+      params, batch, lt.frozen)
+  for k in ("lora/loss_lookup", "lora/loss_lookup_slots", "lora/loss_kv_distill"):
+    assert np.isfinite(float(met[k])) and float(met[k]) > 0, k
+  g_kv = jax.grad(lambda p: lt.kv_distill_loss(lt.frozen, batch, lt.latents(
+      p, "lora", lt.frozen, batch["removed"], batch["segments"])))(params)
+  assert float(optax_norm(g_kv["lora_compressor"])) > 0
+  g_lk = jax.grad(lambda p: system_lib.lookup_loss(lt.read_memory(
+      p, "lora", lt.frozen, batch["kept"], lat, lookup=True)[1], batch["asked_slot"])[0])(params)
+  assert float(optax_norm(g_lk["lora_adapters"])) > 0
+  with pytest.raises(ConfigError, match="model.kv_layers"):
+    loop.validate(_config(aux_losses=("kv_distill",), kv_layers=(99,)))
+
+
+def test_kv_states_are_the_attention_inputs():
+  """Reader.kv_states gives the keys and values the blocks attend with: the lookup
+  attention recomputed from them (with RoPE) equals the one digit_logits reports."""
+  c = _config(readers=("lora",))
+  task = tasks.make_task(c.task)
+  lt = system_lib.Latentem(c, task)
+  from memjax.layers.rope import apply_rope
+  ids = jnp.asarray(np.random.default_rng(0).integers(3, 60, (2, 9)), jnp.int32)
+  x = lt.reader.embed(lt.frozen, ids)
+  k, v = lt.reader.kv_states(lt.frozen, x)
+  m = lt.reader.model(lt.frozen)
+  _, probs = lt.reader._forward_with_lookup(m, x, 0, 9)
+  layer = 0
+  blk_state = jax.tree.map(lambda a: a[layer], nnx_split_blocks(m))
+  from flax import nnx
+  g, _ = nnx.split(m.blocks)
+  blk = nnx.merge(g, blk_state)
+  pos = jnp.broadcast_to(jnp.arange(9), (2, 9))
+  q, k_rope, _ = blk.attn.qkv(blk.attn_norm(x), pos, m.thetas[layer])
+  np.testing.assert_allclose(np.asarray(apply_rope(k[layer], pos, theta=m.thetas[layer])),
+                             np.asarray(k_rope), rtol=1e-5, atol=1e-5)
+  s = jnp.einsum("bhd,bsd->bhs", q[:, -1], k_rope[:, :, 0]) * blk.attn_scale
+  s = jnp.where(8 - jnp.arange(9) < m.windows[layer], s, -1e30)   # the sliding window
+  np.testing.assert_allclose(np.asarray(jax.nn.softmax(s, -1)), np.asarray(probs[layer]),
+                             rtol=1e-4, atol=1e-5)
+
+
+def nnx_split_blocks(m):
+  from flax import nnx
+  return nnx.split(m.blocks)[1]

@@ -57,3 +57,16 @@ def test_merged_model_equals_unmerged_layerwise_and_gradient_reaches_b():
   grad = jax.grad(lambda b: _forward(g, lora.merge(st, {path: a.replace(b=b)}, 1.0), ids).sum())(
       a.b)
   assert float(jnp.abs(grad).sum()) > 0
+
+
+def test_b_std_gives_a_small_random_b_and_the_same_a():
+  g, st = _model()
+  zero = lora.init(jax.random.key(0), st, targets=("q", "k"), rank=4)
+  rand = lora.init(jax.random.key(0), st, targets=("q", "k"), rank=4, b_std=0.01)
+  for p in zero:
+    np.testing.assert_array_equal(np.asarray(zero[p].a), np.asarray(rand[p].a))
+    b = np.asarray(rand[p].b)
+    assert b.shape == zero[p].b.shape and 0.005 < b.std() < 0.02
+  # q and k get different B (no shared draw).
+  bq, bk = [np.asarray(rand[p].b) for p in sorted(rand)]
+  assert not np.array_equal(bq.ravel()[:8], bk.ravel()[:8])
