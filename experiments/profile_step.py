@@ -22,10 +22,7 @@ import numpy as np
 from absl import flags
 
 from memjax.core import cli
-from memjax.core import loop
-from memjax.core import system as system_lib
-from memjax.core.step import make_multi_step
-from memjax.core.step import make_train_step
+from memjax.core import bench
 
 _CONFIG = cli.define_config_file("config", "configs/then_recall.py", "Config file.")
 _CALLS = flags.DEFINE_integer("calls", 5, "Profiled calls of the jitted multi-step.")
@@ -51,12 +48,8 @@ def kind(name: str, jax_op: str) -> str:
 def main(argv):
   del argv
   c = _CONFIG.value
-  loop.validate(c)
-  task, system, tx = loop.build(c)
-  state = loop.init_state(c, system, tx)
+  task, system, state, step = bench.training_call(c)
   k = c.train.steps_per_call
-  step = jax.jit(lambda state, batches, frozen: make_multi_step(make_train_step(
-      system_lib.bind(system, frozen).loss, tx))(state, batches), donate_argnums=0)
   it = iter(task.batches("train", c.train.batch_size, c.train.seed))
   batches = jax.tree.map(lambda *b: np.stack(b), *[next(it) for _ in range(k)])
   hlo = step.lower(state, batches, system.frozen).compile().as_text()

@@ -60,15 +60,22 @@ def step_gflop(config, system, state, batch) -> tuple[float, str]:
   return count.flops / 1e9, f"jaxpr matmuls{note}"
 
 
-def bench_step(config, *, calls: int = 3, rounds: int = 3, count=step_gflop) -> StepBench:
-  """Times the training loop's jitted multi-step on the config's task and model; the model
-  FLOPs are `count(config, system, state, batch) -> (GFLOP per step, what counted them)`."""
+def training_call(config):
+  """(task, system, state, step): the training loop's jitted k-step call, state donated,
+  `step(state, batches, system.frozen) -> (state, metrics)`."""
   loop.validate(config)
   task, system, tx = loop.build(config)
   state = loop.init_state(config, system, tx)
-  k = config.train.steps_per_call
   step = jax.jit(lambda state, batches, frozen: make_multi_step(make_train_step(
       system_lib.bind(system, frozen).loss, tx))(state, batches), donate_argnums=0)
+  return task, system, state, step
+
+
+def bench_step(config, *, calls: int = 3, rounds: int = 3, count=step_gflop) -> StepBench:
+  """Times the training loop's jitted multi-step on the config's task and model; the model
+  FLOPs are `count(config, system, state, batch) -> (GFLOP per step, what counted them)`."""
+  task, system, state, step = training_call(config)
+  k = config.train.steps_per_call
   it = iter(task.batches("train", config.train.batch_size, config.train.seed))
   one = next(it)
   gflop, source = count(config, system, state, jax.tree.map(jnp.asarray, one))

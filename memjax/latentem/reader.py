@@ -16,6 +16,17 @@ from flax import nnx
 from memjax.layers import lora as lora_lib
 
 
+def _blocks(m, b: int, t: int, layers: int | None = None):
+  """What a scan over the decoder's first `layers` blocks (all by default) needs: the blocks'
+  graphdef, their stacked (state, window, theta, rope scale) and the B x T positions."""
+  pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  g, st = nnx.split(m.blocks)
+  n = len(m.windows) if layers is None else layers
+  per_layer = (jax.tree.map(lambda a: a[:n], st), jnp.asarray(m.windows[:n], jnp.int32),
+               jnp.asarray(m.thetas[:n], jnp.float32), jnp.asarray(m.rope_scales[:n], jnp.float32))
+  return g, per_layer, pos
+
+
 class Reader:
 
   def __init__(self, pretrained, digit_ids, *, lora_scale: float = 1.0):
@@ -39,13 +50,7 @@ class Reader:
     m = nnx.merge(self.graphdef, frozen)
     x = m.embed(ids_BxT)
     if layers:
-      b, t = ids_BxT.shape
-      pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-      g, st = nnx.split(m.blocks)
-      per_layer = (jax.tree.map(lambda a: a[:layers], st),
-                   jnp.asarray(m.windows[:layers], jnp.int32),
-                   jnp.asarray(m.thetas[:layers], jnp.float32),
-                   jnp.asarray(m.rope_scales[:layers], jnp.float32))
+      g, per_layer, pos = _blocks(m, *ids_BxT.shape, layers)
 
       def body(x, xs):
         s, window, theta, scale = xs
@@ -58,10 +63,7 @@ class Reader:
     differentiable in the embeddings (the distillation student) or not (stop_gradient outside)."""
     m = nnx.merge(self.graphdef, frozen)
     b, t, _ = embeds_BxTxD.shape
-    pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    g, st = nnx.split(m.blocks)
-    per_layer = (st, jnp.asarray(m.windows, jnp.int32), jnp.asarray(m.thetas, jnp.float32),
-                 jnp.asarray(m.rope_scales, jnp.float32))
+    g, per_layer, pos = _blocks(m, b, t)
 
     def body(x, xs):
       s, window, theta, scale = xs
@@ -75,10 +77,7 @@ class Reader:
     the embeddings. Where the reader's lookup heads find a statement's digit in text."""
     m = nnx.merge(self.graphdef, frozen)
     b, t, _ = embeds_BxTxD.shape
-    pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    g, st = nnx.split(m.blocks)
-    per_layer = (st, jnp.asarray(m.windows, jnp.int32), jnp.asarray(m.thetas, jnp.float32),
-                 jnp.asarray(m.rope_scales, jnp.float32))
+    g, per_layer, pos = _blocks(m, b, t)
 
     def body(x, xs):
       s, window, theta, scale = xs
@@ -113,10 +112,7 @@ class Reader:
     over positions start..start+n-1 (recomputed from the block's q and k there)."""
     x = embeds_BxTxD.astype(m.dtype)
     b, t, _ = x.shape
-    pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    g, st = nnx.split(m.blocks)
-    per_layer = (st, jnp.asarray(m.windows, jnp.int32), jnp.asarray(m.thetas, jnp.float32),
-                 jnp.asarray(m.rope_scales, jnp.float32))
+    g, per_layer, pos = _blocks(m, b, t)
 
     def body(x, xs):
       s, window, theta, scale = xs
