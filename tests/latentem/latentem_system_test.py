@@ -131,6 +131,7 @@ def test_injected_embeddings_of_the_asked_statement_give_the_text_answer(built, 
   assert correct == float(summary["correct"])
 
 
+@pytest.mark.slow   # ~35-60 s; run by .ci/run's slow line
 def test_debug_switches_run_and_report(tmp_path):
   c = _config(readers=("lora", "frozen"), aux_losses=("probe", "contrastive", "reconstruction"),
               soft_prompt=2)
@@ -176,6 +177,7 @@ def test_binary_exits_2_with_one_line():
   assert r.stderr.strip().splitlines()[-1].startswith("error: model.aux_losses: unknown auxiliary")
 
 
+@pytest.mark.slow   # ~35-60 s; run by .ci/run's slow line
 def test_lookup_and_kv_distill_losses():
   c = _config(readers=("lora",), aux_losses=("slots", "binding", "lookup", "kv_distill"),
               kv_layers=(0, 1), segment_pool=True, token_values=True, raw_embeddings=True)
