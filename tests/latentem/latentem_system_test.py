@@ -42,6 +42,7 @@ def _latents(lt, params, removed, segments=None):
       params, removed, segments, lt.frozen))
 
 
+@pytest.mark.slow   # ~35 s; run by .ci/run's slow line
 def test_segment_pool_gives_one_latent_per_statement():
   c = _config(readers=("lora",), aux_losses=("distill", "slots"), segment_pool=True,
               raw_embeddings=True)
