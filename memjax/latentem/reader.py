@@ -71,13 +71,14 @@ class Reader:
       return x, x
     return jax.lax.scan(body, embeds_BxTxD.astype(m.dtype), per_layer)[1]
 
-  def kv_states(self, frozen, embeds_BxTxD):
+  def kv_states(self, frozen, embeds_BxTxD, layers: int | None = None):
     """The frozen reader's attention keys (after its key norm, before RoPE) and values at every
     layer on these embeddings: two L x B x T x K x D arrays (K kv heads); differentiable in
-    the embeddings. Where the reader's lookup heads find a statement's digit in text."""
+    the embeddings. Where the reader's lookup heads find a statement's digit in text.
+    `layers`: only the first that many blocks run (L = layers)."""
     m = nnx.merge(self.graphdef, frozen)
     b, t, _ = embeds_BxTxD.shape
-    g, per_layer, pos = _blocks(m, b, t)
+    g, per_layer, pos = _blocks(m, b, t, layers)
 
     def body(x, xs):
       s, window, theta, scale = xs

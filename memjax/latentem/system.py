@@ -373,12 +373,13 @@ class Latentem:
     per layer over the teacher's spread across the batch and slots; keys before RoPE."""
     b = lat_BxKxD.shape[0]
     layers = jnp.asarray(self.m.kv_layers)
-    k_t, v_t = self.reader.kv_states(frozen, self.reader.embed(frozen, batch["removed"]))
+    upto = max(self.m.kv_layers) + 1      # the blocks above the last distilled layer never run
+    k_t, v_t = self.reader.kv_states(frozen, self.reader.embed(frozen, batch["removed"]), upto)
     idx = batch["digit_pos"][None, :, :, None, None]
     teach = [jax.lax.stop_gradient(jnp.take_along_axis(z[layers], idx, axis=2))
              for z in (k_t, v_t)]   # L x B x S x K x D
     x = jnp.concatenate([self.reader.bos_embeds(frozen, b), lat_BxKxD.astype(k_t.dtype)], 1)
-    k_s, v_s = self.reader.kv_states(frozen, x)
+    k_s, v_s = self.reader.kv_states(frozen, x, upto)
     out = 0.0
     for t, s in zip(teach, (k_s, v_s)):
       s = s[layers][:, :, 1:]
