@@ -28,7 +28,8 @@ _CONFIG = cli.define_config_file("config", "configs/then_recall.py", "Config fil
 _CALLS = flags.DEFINE_integer("calls", 5, "Profiled calls of the jitted multi-step.")
 _TOP = flags.DEFINE_integer("top", 30, "Largest ops to list.")
 
-_NOT_OPS = ("ThunkExecutor", "$", "SlinkyThreadPool", "PjitFunction", "while", "call")
+_NOT_OPS = ("ThunkExecutor", "$", "SlinkyThreadPool", "PjitFunction", "while", "call",
+            "ExecuteReplicated", "CommonPjRtLoadedExecutable")   # host-side spans around a call
 
 
 def kind(name: str, jax_op: str) -> str:

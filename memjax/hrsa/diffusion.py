@@ -68,9 +68,9 @@ class DenoiseLevel(nnx.Module):
     self.cond = CrossAttention(dim, dim, heads, rngs=rngs) if conditioned else None
     self.sigma_proj = nnx.Linear(dim, dim, use_bias=False, rngs=rngs)
     self.net_norm = RMSNorm(dim)
-    self.net = GatedMLP(dim, 2 * dim, rngs=rngs)
+    self.net = GatedMLP(dim, 2 * dim, feature_major=True, rngs=rngs)
     self.head_norm = RMSNorm(dim)
-    self.head = GatedMLP(dim, 2 * dim, rngs=rngs)
+    self.head = GatedMLP(dim, 2 * dim, feature_major=True, rngs=rngs)
 
   def read_regions(self, q_BxSxD, enc_BxNxD, enc_mask_BxN):
     """Slot i attends only to region i of the input (N / S tokens): O(N) and slot-addressed.

@@ -107,7 +107,7 @@ class EncoderBlock(nnx.Module):
     self.norm1 = RMSNorm(cfg.dim)
     self.attn = Attention(cfg.dim, cfg.heads, rngs=rngs)
     self.norm2 = RMSNorm(cfg.dim)
-    self.mlp = GatedMLP(cfg.dim, 4 * cfg.dim, rngs=rngs)
+    self.mlp = GatedMLP(cfg.dim, 4 * cfg.dim, feature_major=True, rngs=rngs)
 
   def __call__(self, x_BxNxD, positions_BxN, *, dense: bool = False):
     q, k, v = self.attn.qkv(self.norm1(x_BxNxD), positions_BxN)
@@ -166,7 +166,7 @@ class DecoderBlock(nnx.Module):
     self.norm_x = RMSNorm(cfg.dim)
     self.xattn = CrossAttention(cfg.dim, cfg.dim, cfg.heads, rngs=rngs)
     self.norm2 = RMSNorm(cfg.dim)
-    self.mlp = GatedMLP(cfg.dim, 4 * cfg.dim, rngs=rngs)
+    self.mlp = GatedMLP(cfg.dim, 4 * cfg.dim, feature_major=True, rngs=rngs)
 
   def __call__(self, x, mask_BxLxL, memory_BxSxD, stop_self_grad):
     s, _ = self.attn(self.norm1(x), mask_BxTxS=mask_BxLxL)
@@ -228,7 +228,7 @@ class WriteHead(nnx.Module):
     self.dim = dim
     self.pos = nnx.Linear(dim, dim, use_bias=False, rngs=rngs)
     self.norm = RMSNorm(dim)
-    self.mlp = GatedMLP(dim, 4 * dim, rngs=rngs)
+    self.mlp = GatedMLP(dim, 4 * dim, feature_major=True, rngs=rngs)
     self.out_norm = RMSNorm(dim)
 
   def __call__(self, slots_BxSxD: jax.Array, span: int, embed: nnx.Embed) -> jax.Array:

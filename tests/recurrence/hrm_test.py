@@ -137,3 +137,31 @@ def test_act_targets_follow_hrm_q_learning():
   # the cap's halt value; at the cap nothing.
   np.testing.assert_allclose(t_cont[:, 0], [jax.nn.sigmoid(2.0), jax.nn.sigmoid(-1.0), 0.0],
                              rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_mlp_feature_major_equals_token_major_forward_and_grad(dtype):
+  """hrm.MLP runs hidden x tokens (issue 16): the same values and gradients as the
+  token-major down(gelu(up(x))) it replaced."""
+  mlp = hrm.MLP(8, 12, rngs=nnx.Rngs(0))
+  g, p = nnx.split(mlp, nnx.Param)
+  x = jax.random.normal(jax.random.key(1), (3, 5, 8)).astype(dtype)
+  w = jax.random.normal(jax.random.key(2), (3, 5, 8))
+
+  def token_major(p, x):
+    m = nnx.merge(g, p)
+    return m.down(jax.nn.gelu(m.up(x), approximate=True))
+
+  def loss(apply, p, x):
+    y = apply(p, x)
+    return (y.astype(jnp.float32) * w).sum(), y
+
+  tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=2e-2, atol=2e-2)
+  (_, ya), (dpa, dxa) = jax.value_and_grad(loss, (1, 2), has_aux=True)(token_major, p, x)
+  (_, yb), (dpb, dxb) = jax.value_and_grad(loss, (1, 2), has_aux=True)(
+      lambda p, x: nnx.merge(g, p)(x), p, x)
+  assert yb.dtype == ya.dtype and yb.shape == ya.shape
+  np.testing.assert_allclose(np.float32(yb), np.float32(ya), **tol)
+  np.testing.assert_allclose(np.float32(dxb), np.float32(dxa), **tol)
+  for u, v in zip(jax.tree.leaves(dpb), jax.tree.leaves(dpa)):
+    np.testing.assert_allclose(np.float32(u), np.float32(v), **tol)
