@@ -85,3 +85,21 @@ def test_bench_quick_every_design():
   assert r.returncode == 0, r.stderr[-2000:]
   for name in ("then dim 32", "hrsa", "titans", "hrm", "planner", "reasoner"):
     assert any(l.startswith(name) for l in r.stdout.splitlines()), r.stdout
+
+
+def test_op_times_finds_the_matmul_and_names_its_origin():
+  """memjax.core.profiling on a jitted matmul + elementwise: every op of the trace is named
+  from the HLO, the dot is a matmul by kind, the kinds add up to the ops' total."""
+  from memjax.core import profiling
+  f = jax.jit(lambda a, b: jnp.tanh(a @ b) * 2.0)
+  a, b = jnp.ones((256, 256)), jnp.ones((256, 256))
+  hlo = f.lower(a, b).compile().as_text()
+  ops = profiling.op_times(lambda: f(a, b), hlo, calls=3)
+  assert ops and all(o.ms >= 0 for o in ops)
+  assert [o.ms for o in ops] == sorted((o.ms for o in ops), reverse=True)
+  kinds = profiling.by_kind(ops)
+  assert "matmuls (dot, ynn fusions)" in kinds
+  assert any("dot_general" in o.origin for o in ops)
+  np.testing.assert_allclose(sum(kinds.values()), sum(o.ms for o in ops), rtol=1e-9)
+  assert profiling.family(profiling.Op("copy_fusion.12", "", "jit(f)/transpose", 1.0)) == \
+      "copy_fusion | transpose"
