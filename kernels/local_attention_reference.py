@@ -91,17 +91,40 @@ def local_attention_blocked(q_BxTxHxD: jax.Array, k_BxTxKxD: jax.Array, v_BxTxKx
   """The reference's blocks, `block_chunks` chunks at a time: O(1) working set in N.
 
   The all-at-once reference streams an N x chunk x window score tensor through memory, so
-  past the CPU's caches its time per token grows with N although its FLOPs do not.
+  past the CPU's caches its time per token grows with N although its FLOPs do not. Each map
+  step slices its own key/value windows and builds its own mask: nothing of size N x window
+  (gathered windows, the N x chunk x window mask) exists outside the loop.
   """
   if block_chunks < 1:
     raise ValueError(f"block_chunks must be >= 1, got {block_chunks}")
-  q, kw, vw, mask = _windows(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, chunk, halo)
-  scale = q_BxTxHxD.shape[-1] ** -0.5 if scale is None else scale
-  front = lambda x: jnp.moveaxis(x, 1, 0)[:, :, None]          # one chunk per map step
-  one = lambda xs: _attend_chunks(*xs, scale, v_BxTxKxD.dtype)
-  out = jax.lax.map(one, (front(q), front(kw), front(vw), mask[:, None]),
-                    batch_size=block_chunks)                       # NxBx1xCxKxGxD
-  return _unchunk(jnp.moveaxis(out[:, :, 0], 0, 1), q_BxTxHxD)
+  _check(q_BxTxHxD, k_BxTxKxD, v_BxTxKxD, chunk, halo)
+  b, t, h, d = q_BxTxHxD.shape
+  kh = k_BxTxKxD.shape[2]
+  bc = block_chunks
+  nb = -(-t // (chunk * bc))             # map steps; the last may hold padded chunks
+  pad = nb * bc * chunk - t
+  prev = math.ceil(halo / chunk)
+  win = prev + 1
+  padf = lambda x, front: jnp.pad(x, ((0, 0), (front, pad), (0, 0), (0, 0)))
+  q = jnp.moveaxis(padf(q_BxTxHxD, 0).reshape(b, nb, bc, chunk, kh, h // kh, d), 1, 0)
+  kp = padf(k_BxTxKxD, prev * chunk).reshape(b, nb * bc + prev, chunk, kh, d)
+  vp = padf(v_BxTxKxD, prev * chunk).reshape(b, nb * bc + prev, chunk, kh, d)
+  scale = d ** -0.5 if scale is None else scale
+  idx = jnp.arange(bc)[:, None] + jnp.arange(win)[None, :]           # bc x win chunk ids
+  c_ids = jnp.arange(bc)[:, None, None]
+
+  def one(xs):
+    i, q_blk = xs
+    first = i * bc                                                    # this block's first chunk
+    window = lambda x: jax.lax.dynamic_slice_in_dim(x, first, bc + prev, 1)[:, idx].reshape(
+        b, bc, win * chunk, kh, d)
+    qi = (first + c_ids) * chunk + jnp.arange(chunk)[None, :, None]                 # bc x c x 1
+    kj = (first + c_ids - prev) * chunk + jnp.arange(win * chunk)[None, None, :]    # bc x 1 x s
+    mask = (kj <= qi) & (kj >= (qi // chunk) * chunk - halo) & (kj >= 0)
+    return _attend_chunks(q_blk, window(kp), window(vp), mask, scale, v_BxTxKxD.dtype)
+
+  out = jax.lax.map(one, (jnp.arange(nb), q))                        # nb x B x bc x C x K x G x D
+  return _unchunk(jnp.moveaxis(out, 0, 1).reshape(b, nb * bc, *out.shape[3:]), q_BxTxHxD)
 
 
 def score_bytes(q_BxTxHxD: jax.Array, chunk: int, halo: int) -> int:
