@@ -100,6 +100,24 @@ class ShiftMix(nnx.Module):
               for j, lag in zip(range(1, w), lags)]
     return x_BxTxD + self.proj(jnp.concatenate(lags, axis=-1))
 
+  def embedded(self, table_VxD: jax.Array, tokens_BxT: jax.Array, x_BxTxD: jax.Array):
+    """self(x) for x = table[tokens] (given, as the embedding returns it), as gathers from the
+    per-lag tables table @ W_j: the same values up to summation order, without the
+    T x (w-1)D concatenation and its matmul, whose time per token grows past the CPU's caches
+    at long inputs (the encoder at 16k tokens, BUILD_NOTES issue 14)."""
+    if self.proj is None:
+      return x_BxTxD
+    v, d = table_VxD.shape
+    t, w = tokens_BxT.shape[1], self.width
+    kernel = self.proj.kernel[...].reshape(w - 1, d, d)      # rows of lag j: (j-1)d .. jd
+    tables = jnp.einsum("vd,jde->jve", table_VxD.astype(x_BxTxD.dtype), kernel)
+    tables = jnp.pad(tables, ((0, 0), (0, 1), (0, 0)))      # row v: a lag past either end
+    edge = ((0, 0), (0, w - 1)) if self.ahead else ((0, 0), (w - 1, 0))
+    ids = jnp.pad(tokens_BxT, edge, constant_values=v)
+    start = (lambda j: j) if self.ahead else (lambda j: w - 1 - j)
+    mixed = sum(tables[j - 1][ids[:, start(j): start(j) + t]] for j in range(1, w))
+    return x_BxTxD + mixed
+
 
 class EncoderBlock(nnx.Module):
   def __init__(self, cfg: HRSAConfig, rngs: nnx.Rngs):
@@ -141,7 +159,7 @@ class Encoder(nnx.Module):
       raise ValueError(f"context length {n} exceeds the encoder's max_context "
                        f"{self.cfg.max_context}")
     pos = jnp.arange(n, dtype=jnp.int32)
-    x = self.shift(self.embed(doc_BxN))
+    x = self.shift.embedded(self.embed.embedding[...], doc_BxN, self.embed(doc_BxN))
     x = x + sinusoid(pos, self.cfg.dim)[None].astype(x.dtype)   # no f32 promotion in bf16
     pos_BxN = jnp.broadcast_to(pos, (b, n))
     call = lambda blk, x: blk(x, pos_BxN, dense=dense)

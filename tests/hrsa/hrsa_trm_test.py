@@ -14,6 +14,7 @@ from memjax.hrsa.diffusion import regions
 from memjax.hrsa.model import DecodeControl
 from memjax.hrsa.model import HRSAConfig
 from memjax.hrsa.model import HRSATRM
+from memjax.hrsa.model import ShiftMix
 
 CFG = HRSAConfig(vocab_size=64, dim=16, heads=2, enc_layers=1, enc_chunk=8, enc_halo=5,
                  max_context=64, slots=(2, 4), denoise_steps=2, dec_layers=1, ctx=6,
@@ -140,3 +141,23 @@ def test_write_loss_rebuilds_regions_through_the_memory():
 
   before, after = _train_rebuild(rebuild, params, region, 40)
   assert before < 0.1 and after > 0.5, (before, after)
+
+
+@pytest.mark.parametrize("ahead", [True, False])
+@pytest.mark.parametrize("width", [1, 2, 4])
+def test_shift_mix_from_embedding_tables_equals_the_concatenated_lags(ahead, width):
+  """ShiftMix.embedded (the encoder's path, issue 14): gathers from table @ W_j give what
+  ShiftMix gives on the embedded tokens, forward and gradients into the table and W."""
+  shift = ShiftMix(8, width, nnx.Rngs(0), ahead=ahead)
+  g, p = nnx.split(shift, nnx.Param)
+  table = jax.random.normal(jax.random.key(1), (11, 8))
+  tokens = jax.random.randint(jax.random.key(2), (2, 9), 0, 11)
+  w = jax.random.normal(jax.random.key(3), (2, 9, 8))
+  concat = lambda p, table: nnx.merge(g, p)(table[tokens])
+  gathers = lambda p, table: nnx.merge(g, p).embedded(table, tokens, table[tokens])
+  np.testing.assert_allclose(gathers(p, table), concat(p, table), rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda p, table: (f(p, table) * w).sum()
+  got = jax.grad(loss(gathers), (0, 1))(p, table)
+  want = jax.grad(loss(concat), (0, 1))(p, table)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
