@@ -67,6 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task = hrsa_retrieval.task_defaults()
   c.task.update(
       doc_len=2048, chunk=8, tail=128, retrieval_fraction=0.2,
+      retrieval_warmup_steps=0, retrieval_warmup_fraction=1.0,   # mix warm-up: off
       inside_fraction=0.25, adversarial_in_tail=True, lm_after_doc=True,
       copy_p=0.02, copy_len=8, copy_max=96,
       curriculum_steps=(100, 800), easy_distractors=2, target_distractors=6,
