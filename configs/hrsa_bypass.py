@@ -28,6 +28,11 @@ steps the model is on the attention plateau the retrieval config left at step ~1
 with 10x more retrieval examples per step; BUILD_NOTES.md, "HRSA-TRM (issue 5)" -> "Bypass
 regime (issue 14)", has the curves. Resumed to 1,800 steps (24 min 41 s more): still chance
 (EM beyond 0.023, inside 0.016, adversarial 0.035, delta_zero 1.000; LM ratio 1.0024).
+A warm-up over the mix (task.retrieval_warmup_steps / retrieval_warmup_fraction, off here)
+did not help on 2026-12-03: retrieval-only batches for 2,640 steps (21,000 retrieval
+examples, `--config.task.retrieval_warmup_steps=100000`) left EM beyond at 0.051 (zeroed the
+same, chance 0.031), delta_zero 1.000, the supervised attention at ln 11 (BUILD_NOTES.md,
+"Curriculum over the retrieval mix").
 """
 import importlib.util
 import os
@@ -67,6 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task = hrsa_retrieval.task_defaults()
   c.task.update(
       doc_len=2048, chunk=8, tail=128, retrieval_fraction=0.2,
+      retrieval_warmup_steps=0, retrieval_warmup_fraction=1.0,   # mix warm-up: off
       inside_fraction=0.25, adversarial_in_tail=True, lm_after_doc=True,
       copy_p=0.02, copy_len=8, copy_max=96,
       curriculum_steps=(100, 800), easy_distractors=2, target_distractors=6,

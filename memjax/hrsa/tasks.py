@@ -14,6 +14,12 @@ Batches mix LM examples (predict the document's continuation from the tail, ever
 position scored) and retrieval examples (only the answer scored) at
 `retrieval_fraction` (0.2 by default: 80% LM / 20% retrieval).
 
+Mix warm-up (train split; off by default): for the first `retrieval_warmup_steps` steps a
+train example is a retrieval example with probability `retrieval_warmup_fraction` (1.0 by
+default: retrieval only) instead of `retrieval_fraction`, so the memory pathway can be
+learned before LM examples dominate the batch. The same single draw decides it, so with the
+warm-up off (0 steps) the batches are unchanged draw for draw.
+
 Curriculum (train split, by batch index = step): `easy` until `curriculum_steps[0]`
 (target fact in the last quarter, `easy_distractors`, no adversarial keys), `target`
 until `curriculum_steps[1]`, then `hard` (more distractors, two adversarial). The
@@ -81,6 +87,8 @@ class HRSARetrievalTask:
     self.n_text = int(c.get("n_text", 32))
     self.text_p = float(c.get("text_p", 0.9))
     self.retrieval_fraction = float(c.get("retrieval_fraction", 0.2))
+    self.retrieval_warmup_steps = int(c.get("retrieval_warmup_steps", 0))
+    self.retrieval_warmup_fraction = float(c.get("retrieval_warmup_fraction", 1.0))
     self.curriculum_steps = tuple(int(s) for s in c.get("curriculum_steps", (200, 2000)))
     self.easy_distractors = int(c.get("easy_distractors", 2))
     self.target_distractors = int(c.get("target_distractors", 6))
@@ -133,6 +141,12 @@ class HRSARetrievalTask:
     if not 0.0 <= self.retrieval_fraction <= 1.0:
       raise ConfigError(f"task.retrieval_fraction: must lie in [0, 1], got "
                        f"{self.retrieval_fraction}")
+    if self.retrieval_warmup_steps < 0:
+      raise ConfigError(f"task.retrieval_warmup_steps: must be >= 0, got "
+                        f"{self.retrieval_warmup_steps}")
+    if not 0.0 <= self.retrieval_warmup_fraction <= 1.0:
+      raise ConfigError(f"task.retrieval_warmup_fraction: must lie in [0, 1], got "
+                        f"{self.retrieval_warmup_fraction}")
     if not 0.0 <= self.inside_fraction <= 1.0:
       raise ConfigError(f"task.inside_fraction: must lie in [0, 1], got {self.inside_fraction}")
     tail_chunks = self.tail // self.chunk
@@ -151,6 +165,12 @@ class HRSARetrievalTask:
     if step < self.curriculum_steps[0]:
       return "easy"
     return "target" if step < self.curriculum_steps[1] else "hard"
+
+  def retrieval_fraction_at(self, step: int) -> float:
+    """The probability that a train example of this step is a retrieval example."""
+    if step < self.retrieval_warmup_steps:
+      return self.retrieval_warmup_fraction
+    return self.retrieval_fraction
 
   # -- generation ---------------------------------------------------------------------------
 
@@ -259,8 +279,9 @@ class HRSARetrievalTask:
     def make(index):
       rng = np.random.default_rng((seed, split_id, int(index)))
       if split == "train":
-        stage = self.stage_at(int(index) // batch_size)
-        retrieval = bool(rng.random() < self.retrieval_fraction)
+        step = int(index) // batch_size
+        stage = self.stage_at(step)
+        retrieval = bool(rng.random() < self.retrieval_fraction_at(step))
         return self.example(rng, stage, retrieval)
       if split == "eval_lm":
         return self.example(rng, "target", False, heldout=True)

@@ -136,3 +136,31 @@ def test_bypass_splits_hold_out_every_fact():
 def test_bad_bypass_fields_name_the_field(bad, field):
   with pytest.raises(ConfigError, match=field):
     ht.HRSARetrievalTask.validate({**BYPASS, **bad})
+
+
+def test_retrieval_warmup_sets_the_mix_then_hands_back():
+  bs, warm = 32, 4
+  steps = lambda task, n: list(itertools.islice(iter(task.batches("train", bs, 0)), n))
+  base = ht.HRSARetrievalTask(BYPASS)
+  plain = steps(base, 12)
+  # off by default: every train example is drawn as before (one draw against retrieval_fraction)
+  want = [np.random.default_rng((0, 0, i)).random() < 0.2 for i in range(12 * bs)]
+  np.testing.assert_array_equal(np.concatenate([b["is_retrieval"] for b in plain]), want)
+  for frac in (1.0, 0.5):
+    task = ht.HRSARetrievalTask({**BYPASS, "retrieval_warmup_steps": warm,
+                                 "retrieval_warmup_fraction": frac})
+    got = steps(task, 12)
+    during = np.concatenate([b["is_retrieval"] for b in got[:warm]])
+    assert abs(during.mean() - frac) <= 4 * np.sqrt(frac * (1 - frac) / len(during)), during.mean()
+    for a, b in zip(got[warm:], plain[warm:]):   # after the warm-up: the same batches as without
+      for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+  assert [task.retrieval_fraction_at(s) for s in (0, warm - 1, warm)] == [0.5, 0.5, 0.2]
+
+
+@pytest.mark.parametrize("bad, field", [
+    (dict(retrieval_warmup_steps=-1), "task.retrieval_warmup_steps"),
+    (dict(retrieval_warmup_fraction=1.2), "task.retrieval_warmup_fraction")])
+def test_bad_retrieval_warmup_names_the_field(bad, field):
+  with pytest.raises(ConfigError, match=field):
+    ht.HRSARetrievalTask.validate({**BYPASS, **bad})
