@@ -138,17 +138,12 @@ class HRSARetrievalTask:
     if self.n_values < 2:
       raise ConfigError(f"task.n_values: must be >= 2 (train and held-out values per key), got "
                         f"{self.n_values}")
-    if not 0.0 <= self.retrieval_fraction <= 1.0:
-      raise ConfigError(f"task.retrieval_fraction: must lie in [0, 1], got "
-                       f"{self.retrieval_fraction}")
+    for name in ("retrieval_fraction", "retrieval_warmup_fraction", "inside_fraction"):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ConfigError(f"task.{name}: must lie in [0, 1], got {getattr(self, name)}")
     if self.retrieval_warmup_steps < 0:
       raise ConfigError(f"task.retrieval_warmup_steps: must be >= 0, got "
                         f"{self.retrieval_warmup_steps}")
-    if not 0.0 <= self.retrieval_warmup_fraction <= 1.0:
-      raise ConfigError(f"task.retrieval_warmup_fraction: must lie in [0, 1], got "
-                        f"{self.retrieval_warmup_fraction}")
-    if not 0.0 <= self.inside_fraction <= 1.0:
-      raise ConfigError(f"task.inside_fraction: must lie in [0, 1], got {self.inside_fraction}")
     tail_chunks = self.tail // self.chunk
     if self.adversarial_in_tail and self.hard_distractors and tail_chunks < 3:
       raise ConfigError(f"task.tail: adversarial_in_tail needs >= 3 tail chunks (target and two "
