@@ -88,17 +88,20 @@ class ShiftMix(nnx.Module):
     """`window_B`: per example, only lags below it are mixed in (the decoder's window)."""
     if self.proj is None:
       return x_BxTxD
-    t, w = x_BxTxD.shape[1], self.width
-    if self.ahead:
-      xp = jnp.pad(x_BxTxD, ((0, 0), (0, w - 1), (0, 0)))
-      lags = [xp[:, j: j + t] for j in range(1, w)]
-    else:
-      xp = jnp.pad(x_BxTxD, ((0, 0), (w - 1, 0), (0, 0)))
-      lags = [xp[:, w - 1 - j: w - 1 - j + t] for j in range(1, w)]
+    lags = self._lags(x_BxTxD, 0.0)
     if window_B is not None:
       lags = [jnp.where((j < window_B)[:, None, None], lag, 0.0)
-              for j, lag in zip(range(1, w), lags)]
+              for j, lag in enumerate(lags, 1)]
     return x_BxTxD + self.proj(jnp.concatenate(lags, axis=-1))
+
+  def _lags(self, a_BxT, fill):
+    """a shifted along its second axis by each lag 1 .. w-1 (back, or ahead), `fill` past the
+    edge."""
+    t, w = a_BxT.shape[1], self.width
+    edge = (0, w - 1) if self.ahead else (w - 1, 0)
+    ap = jnp.pad(a_BxT, ((0, 0), edge) + ((0, 0),) * (a_BxT.ndim - 2), constant_values=fill)
+    start = (lambda j: j) if self.ahead else (lambda j: w - 1 - j)
+    return [ap[:, start(j): start(j) + t] for j in range(1, w)]
 
   def embedded(self, table_VxD: jax.Array, tokens_BxT: jax.Array, x_BxTxD: jax.Array):
     """self(x) for x = table[tokens] (given, as the embedding returns it), as gathers from the
@@ -108,15 +111,11 @@ class ShiftMix(nnx.Module):
     if self.proj is None:
       return x_BxTxD
     v, d = table_VxD.shape
-    t, w = tokens_BxT.shape[1], self.width
-    kernel = self.proj.kernel[...].reshape(w - 1, d, d)      # rows of lag j: (j-1)d .. jd
+    kernel = self.proj.kernel[...].reshape(self.width - 1, d, d)   # lag j: rows (j-1)d .. jd
     tables = jnp.einsum("vd,jde->jve", table_VxD.astype(x_BxTxD.dtype), kernel)
     tables = jnp.pad(tables, ((0, 0), (0, 1), (0, 0)))      # row v: a lag past either end
-    edge = ((0, 0), (0, w - 1)) if self.ahead else ((0, 0), (w - 1, 0))
-    ids = jnp.pad(tokens_BxT, edge, constant_values=v)
-    start = (lambda j: j) if self.ahead else (lambda j: w - 1 - j)
-    mixed = sum(tables[j - 1][ids[:, start(j): start(j) + t]] for j in range(1, w))
-    return x_BxTxD + mixed
+    lags = self._lags(tokens_BxT, v)
+    return x_BxTxD + sum(tab[ids] for tab, ids in zip(tables, lags))
 
 
 class EncoderBlock(nnx.Module):

@@ -16,10 +16,8 @@ class GatedMLP(nnx.Module):
   def __init__(self, dim: int, hidden: int, *, act: str = "silu", use_bias: bool = False,
                feature_major: bool = False, rngs: nnx.Rngs, dtype=None,
                param_dtype=jnp.float32):
-    """feature_major: the hidden layer computed as hidden x tokens (same parameters, same
-    values): its weight gradients are then plain matmuls, where token-major ones transpose the
-    activation-gradient product (a strided copy fused with the activation's derivative: on the
-    2-core CPU 10-16% of the THEN step, BUILD_NOTES issue 16). Without bias only."""
+    """feature_major: the hidden layer computed as hidden x tokens (`feature_major` below; on
+    the 2-core CPU 10-16% of the THEN step faster, BUILD_NOTES issue 16). Without bias only."""
     if act not in ACTIVATIONS:
       raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
     if feature_major and use_bias:
@@ -37,15 +35,25 @@ class GatedMLP(nnx.Module):
     return self.down(ACTIVATIONS[self.act](self.gate(x)) * self.up(x))
 
   def _feature_major(self, x: jax.Array) -> jax.Array:
-    g, u, d = self.gate, self.up, self.down
-    x_NxD = x.reshape(-1, x.shape[-1])
-    xg, w_gate = g.promote_dtype((x_NxD, g.kernel[...]), dtype=g.dtype)   # as nnx.Linear does
-    xu, w_up = u.promote_dtype((x_NxD, u.kernel[...]), dtype=u.dtype)
-    h_HxN = (ACTIVATIONS[self.act](jnp.einsum("dh,nd->hn", w_gate, xg))
-             * jnp.einsum("dh,nd->hn", w_up, xu))
-    h_HxN, w_down = d.promote_dtype((h_HxN, d.kernel[...]), dtype=d.dtype)
-    y_NxD = jnp.einsum("hn,hd->nd", h_HxN, w_down)
-    return y_NxD.reshape(*x.shape[:-1], y_NxD.shape[-1])
+    act = ACTIVATIONS[self.act]
+    return feature_major(x, lambda into: act(into(self.gate)) * into(self.up), self.down)
+
+
+def feature_major(x: jax.Array, hidden, down: nnx.Linear) -> jax.Array:
+  """down(h(x)) with the hidden layer h computed as hidden x tokens (bias-free Linears only).
+
+  `hidden(into)` builds the hidden layer from `into(linear)`: linear(x) as hidden x tokens.
+  Same parameters and values as the token-major form; the weight gradients are then plain
+  matmuls, where token-major ones transpose the activation-gradient product (a strided copy
+  fused with the activation's derivative; BUILD_NOTES issue 16)."""
+  x_NxD = x.reshape(-1, x.shape[-1])
+
+  def into(lin: nnx.Linear) -> jax.Array:
+    xx, w = lin.promote_dtype((x_NxD, lin.kernel[...]), dtype=lin.dtype)   # as nnx.Linear does
+    return jnp.einsum("dh,nd->hn", w, xx)
+  h_HxN, w_down = down.promote_dtype((hidden(into), down.kernel[...]), dtype=down.dtype)
+  y_NxD = jnp.einsum("hn,hd->nd", h_HxN, w_down)
+  return y_NxD.reshape(*x.shape[:-1], y_NxD.shape[-1])
 
 
 def blockwise(fn, x_BxNxD: jax.Array, block: int) -> jax.Array:
