@@ -34,7 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = system.defaults()
   c.task = LatentemKV.defaults()
   c.train = cfg.train_defaults()
-  c.train.update(steps=300, batch_size=8, lr=1e-3, warmup_steps=10, log_every=5,
+  c.train.update(steps=400, batch_size=8, lr=1e-3, warmup_steps=10, log_every=5,
                  steps_per_call=5, checkpoint_every=20, eval_batches=2, eval_batch_size=32,
                  weight_decay=0.0, clip_norm=5.0)
   # The frozen-reader branch trains in its own run (arg `frozen`): one reader per run keeps a

@@ -456,6 +456,7 @@ class Latentem:
       if k.endswith("/correct"):
         name = k[:-len("/correct")]
         out[f"accuracy_{name}"] = sums[k] / max(sums[f"{name}/count"], 1.0)
+    out.update(self.task.copy_baselines("eval"))
     out["num_latents"] = self.m.num_latents
     out["budget"] = self.task.budget
     return out

@@ -11,10 +11,12 @@ Variants: "templated" (`KEYnn = d` lines) and "prose" (key names like "the red b
 statement forms including digit-first ones, varied separators, distractor sentences between
 turns), so that matching a template cannot score.
 
-Train and eval are disjoint in their (key, digit) assignments: a pair is an eval pair iff
-(3 * key + digit) % 5 == 0 (two digits of each key), and every statement of an eval episode
-uses an eval pair, every statement of a train episode a train pair; no eval binding is ever
-trained on. Episodes are deterministic: example i of a split under a seed is always the same.
+Train and eval are disjoint in their (key, digit) assignments: each key has two eval digits,
+drawn once at random per key (EVAL_DIGITS), and every statement of an eval episode uses an eval
+pair, every statement of a train episode a train pair; no eval binding is ever trained on. The
+eval digits share no rule across keys, so the kept statements say nothing about a removed
+key's digit (`copy_baselines` measures it). Episodes are deterministic: example i of a split
+under a seed is always the same.
 
 Each example (numpy):
   removed    R      the removed tokens (BOS first), what the compressor reads
@@ -32,6 +34,7 @@ Each example (numpy):
 from __future__ import annotations
 
 import functools
+import itertools
 import sys
 
 import grain
@@ -56,8 +59,23 @@ DISTRACTORS = ("The weather was calm that day.", "Nobody remembered the meeting.
                "The report is due on Friday.", "He could not find his glasses.")
 
 
+# Drawn per key, not by a rule over (key, digit): with a rule shared by keys alike in name
+# (say, keys ending in the same digit), a reader that copies the digit of the kept key most
+# like the asked one beats chance on eval with no memory at all.
+# Every digit is an eval digit of exactly 20 keys, so no digit is likelier in eval than in train.
+def _eval_digits(seed: int = 2026_12_03) -> tuple[frozenset[int], ...]:
+  rng = np.random.default_rng(seed)
+  pairs = [frozenset(p) for p in itertools.combinations(range(10), 2)] * 2   # each digit 18x
+  for _ in range(2):                                       # + two perfect matchings: 20x
+    pairs += [frozenset(p) for p in rng.permutation(10).reshape(5, 2).tolist()]
+  return tuple(pairs[i] for i in rng.permutation(len(pairs)))
+
+
+EVAL_DIGITS = _eval_digits()
+
+
 def is_eval_pair(key: int, digit: int) -> bool:
-  return (3 * key + digit) % 5 == 0
+  return digit in EVAL_DIGITS[key]
 
 
 def allowed_digits(split: str, key: int) -> list[int]:
@@ -151,6 +169,10 @@ class LatentemKV:
     return out
 
   def episode(self, rng: np.random.Generator, split: str, budget: int | None = None) -> dict:
+    return self._episode(rng, split, budget)[0]
+
+  def _episode(self, rng, split, budget):
+    """(the example, (key, digit, digit position) of every statement in the prompt)."""
     budget = self.budget if budget is None else budget
     c, r = self.c, self.removed_tokens
     total = r + budget
@@ -205,7 +227,8 @@ class LatentemKV:
             "slot_digits": digits[:s].astype(np.int32), "slot_keys": keys[:s].astype(np.int32),
             "slot_questions": slot_q, "slot_queries": slot_qry, "segments": segments,
             "digit_pos": np.asarray(digit_at[:s], np.int32), "num_statements": np.int32(len(turns)),
-            "whole_removed": np.int32(whole_removed)}
+            "whole_removed": np.int32(whole_removed)}, [
+                (int(k), int(d), p) for k, d, p in zip(keys, digits, digit_at)]
 
   def example_at(self, split: str, seed: int, index: int, budget: int | None = None) -> dict:
     if split not in SPLITS:
@@ -221,6 +244,26 @@ class LatentemKV:
     return grain.MapDataset.range(sys.maxsize).map(
         lambda i: self.example_at(split, seed, int(i), budget)).batch(
             batch_size, drop_remainder=True).to_iter_dataset()
+
+  def copy_baselines(self, split: str = "eval", n: int = 1000, seed: int = 0) -> dict:
+    """Accuracy, without any memory, of answering with a digit the kept part shows: the digit
+    of the last kept statement whose key shares its first or its last digit with the asked key
+    (in prose: its colour or its object; else the most common kept digit), or the most common
+    kept digit. What the task's structure allows a reader that ignores the memory; chance 0.1
+    unless the train/eval split leaks through other keys."""
+    rules = {"same_first": lambda a, k: a // 10 == k // 10,
+             "same_last": lambda a, k: a % 10 == k % 10, "most_common": lambda a, k: False}
+    hits = dict.fromkeys(rules, 0)
+    r = self.removed_tokens
+    for i in range(n):
+      ex, statements = self._episode(np.random.default_rng([seed, SPLITS[split], i]), split,
+                                     None)
+      kept = [(k, d) for k, d, p in statements if p >= r]
+      common = np.bincount([d for _, d in kept], minlength=10).argmax() if kept else 0
+      for name, rule in rules.items():
+        like = [d for k, d in kept if rule(int(ex["asked_key"]), k)]
+        hits[name] += (like[-1] if like else common) == ex["answer"]
+    return {f"copy_baseline_{k}": float(v / n) for k, v in hits.items()}
 
   def _check_fits(self) -> None:
     rng = np.random.default_rng(12345)
