@@ -6,16 +6,13 @@ prompt; the frozen Gemma 3 270M (and, alongside, the same model with LoRA) reads
 
 Args (comma-separated): `tiny` (a tiny random reader, for tests), `prose` (the less-templated
 variant), `frozen` (train only the frozen-reader branch), `overfit` (overfit-one debug mode).
-Measured 2026-12-03 (second session), this config (300 steps), 2-core CPU shared with one other
-training job (load average ~4), 37 min 53 s wall (training 2082 s; max RSS 5.9 GB), held-out
-episodes (64), budget 64: latent accuracy (LoRA reader) 0.844, memory zeroed 0.297, shuffled
-0.156, discard 0.156 (chance 0.1); oracle (same LoRA reader, full prompt) 1.000, frozen oracle
-0.984; delta_zero 7.58; memory_cosine 0.851; ridge probe of the asked digit 0.438. The reader
-now reads the latents (training accuracy rose from ~0.2 at step 140 to 0.8-0.9 by step 220-300);
-the targets latent accuracy >= 0.9 and zeroed / shuffled / discard within 0.05 of chance are
-NOT reached. At 100 steps (the earlier default) it was 0.109: the lookup appears after step
-~150. `:prose` (same steps, 37 min 25 s): latent 0.812, zeroed 0.188, shuffled 0.203, discard
-0.172, oracle LoRA 0.859. BUILD_NOTES.md, Latentem, sessions 2-4.
+Measured 2026-12-03 (fifth session), this config (400 steps), the 2-core CPU alone: 25 min 10 s
+wall (training 1427 s; max RSS 6.0 GB); 64 held-out episodes, budget 64: latent accuracy (LoRA
+reader) 1.000, memory zeroed 0.094, shuffled 0.094, discard 0.125 (chance 0.1; copying a kept
+digit 0.08-0.11); oracle (same LoRA reader, full prompt) 1.000, frozen oracle 0.938;
+memory_cosine 0.852; ridge probe of the asked digit 0.406. The lookup appears between steps
+~160 and ~250 (training accuracy 0.34 at 165-180, 0.91 at 245-260). BUILD_NOTES.md, Latentem,
+sessions 2-5.
 """
 import ml_collections
 
@@ -50,9 +47,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  aux_losses=("slots", "binding"), slots_asked=4)
   # kv_distill: latent k should give, at the reader's layers 5 and 11 (the global-attention
   # layers whose heads look the asked digit up in text, measured), the attention key and value
-  # of statement k's digit token in the removed text. Its relative error falls 3.1 -> ~1.0 by
-  # step 70 and stays there to step 300, while the LoRA reader starts reading the latents only
-  # after step ~150: whether the lookup needs it is not measured (no 300-step run without it).
+  # of statement k's digit token in the removed text. Its relative error falls 3.1 -> ~1.1 by
+  # step 100 and to 0.93 by step 400, while the LoRA reader starts reading the latents only
+  # after step ~160: whether the lookup needs it is not measured (no long run without it).
   c.model.update(aux_losses=("slots", "binding", "kv_distill"), kv_layers=(5, 11))
   if "prose" in args:
     c.task.update(variant="prose", removed_tokens=160)
