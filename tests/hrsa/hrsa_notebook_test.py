@@ -2,6 +2,7 @@
 import os
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from memjax.hrsa.ablation import COLUMNS
@@ -9,7 +10,8 @@ from memjax.hrsa.ablation import COLUMNS
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-# ~45 s alone on the 2-core CPU (one compile serves all seven variants), so in the default run.
+# 45-72 s on the 2-core CPU: slow, run by .ci/run's slow line (the default run stays < 10 min).
+@pytest.mark.slow
 def test_remedies_notebook_runs_and_prints_the_table(monkeypatch):
   monkeypatch.setenv("HRSA_NB_CONFIG", "tiny")
   monkeypatch.setenv("HRSA_NB_STEPS", "10")

@@ -2,11 +2,14 @@
 import json
 import os
 
+import pytest
+
 from configs import latentem_kv
 from memjax.core import loop
 from memjax.latentem import sweep
 
 
+@pytest.mark.slow   # ~48 s; run by .ci/run's slow line
 def test_sweep_runs_every_method_at_every_budget(tmp_path):
   c = latentem_kv.get_config("tiny")
   c.train.update(steps=2, steps_per_call=2, checkpoint_every=2)
