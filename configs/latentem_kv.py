@@ -53,6 +53,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.update(aux_losses=("slots", "binding", "kv_distill"), kv_layers=(5, 11))
   if "prose" in args:
     c.task.update(variant="prose", removed_tokens=160)
+    # With --config.train.init_from=<a templated workdir>, every parameter but the two sized by
+    # removed_tokens (the compressor's position embedding and pool bias) starts from that run.
+    c.train.init_skip = ("compressor/pos/", "compressor/pool_bias/")
   if "frozen" in args:
     c.model.readers = ("frozen",)
   if "overfit" in args:

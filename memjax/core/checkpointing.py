@@ -78,7 +78,7 @@ def _one_line(e: BaseException, limit: int = 200) -> str:
   return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _names(path) -> str:
+def names(path) -> str:
   parts = []
   for k in path:
     for attr in ("key", "name", "idx"):
@@ -90,18 +90,23 @@ def _names(path) -> str:
 
 def _shapes(tree) -> dict:
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {_names(p): tuple(x.shape) for p, x in leaves if hasattr(x, "shape")}
+  return {names(p): tuple(x.shape) for p, x in leaves if hasattr(x, "shape")}
 
 
-def shape_mismatch(mngr, step: int, abstract_state) -> str | None:
-  """The first array whose stored shape differs from `abstract_state`'s, as text; None if all
-  match. Reads metadata only; raises CheckpointError when even that is unreadable."""
+def stored_shapes(mngr, step: int) -> dict:
+  """{array name: shape} of a step's state, from metadata only; CheckpointError if unreadable."""
   try:
     md = mngr.item_metadata(step)["state"]
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f"{mngr.directory}/{step}: checkpoint is unreadable "
                           f"(metadata: {_one_line(e)})") from e
-  stored = _shapes(getattr(md, "tree", md))
+  return _shapes(getattr(md, "tree", md))
+
+
+def shape_mismatch(mngr, step: int, abstract_state) -> str | None:
+  """The first array whose stored shape differs from `abstract_state`'s, as text; None if all
+  match. Reads metadata only; raises CheckpointError when even that is unreadable."""
+  stored = stored_shapes(mngr, step)
   wanted = _shapes(abstract_state)
   for name, shape in wanted.items():
     if name in stored and stored[name] != shape:

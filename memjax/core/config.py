@@ -89,6 +89,8 @@ def validate_train(config) -> None:
   end = get(config, "train.end_lr_fraction", 0.1)   # a workdir's config.json may predate it
   require(isinstance(end, (int, float)) and 0 <= end <= 1, "train.end_lr_fraction",
           f"must be in [0, 1], got {end!r}")
+  src = get(config, "train.init_from", "")
+  require(isinstance(src, str), "train.init_from", f"must be a workdir path, got {src!r}")
   dt = get(config, "train.compute_dtype", "float32")   # absent in configs saved before it
   require(dt in COMPUTE_DTYPES, "train.compute_dtype",
           f"unknown value {dt!r}; choose one of {list(COMPUTE_DTYPES)}")
@@ -116,6 +118,8 @@ def train_defaults() -> ml_collections.ConfigDict:
       end_lr_fraction=0.1,     # the cosine decays from lr to lr * this at step `steps`
       tensorboard=True,        # event files in <workdir>/tensorboard beside metrics.jsonl
       compute_dtype="float32",  # or "bfloat16": f32 params, bf16 forward/backward (core.precision)
+      init_from="",            # a workdir whose newest checkpoint's params start a fresh run
+      init_skip=(),            # regexes of parameter names init_from leaves at their fresh init
   ))
 
 

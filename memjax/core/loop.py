@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import time
 
 import jax
@@ -146,6 +147,41 @@ def _restore_for_training(mngr, workdir, state, changes):
   return state, data_state, mngr
 
 
+def warm_start(state, source: str, skip=()):
+  """`state` with the parameters of `source`'s newest intact checkpoint (another workdir of a
+  config with the same parameter shapes): a curriculum's next stage. Parameters whose name
+  matches a regex in `skip` keep their fresh init (say, a bias sized by the input length).
+  Step, optimizer moments and data position start afresh; a resumed run never warm-starts."""
+  checkpointing.load_config(source)     # not a workdir at all: say so in one line
+  fresh = re.compile("|".join(skip)).search if skip else lambda name: False
+  mngr = checkpointing.manager(source, read_only=True)
+  try:
+    step = mngr.latest_step()
+    if step is None:
+      raise checkpointing.CheckpointError(f"train.init_from={source}: no checkpoint there")
+    stored = checkpointing.stored_shapes(mngr, step)
+
+    def target(path, x):   # a skipped array is read at its stored shape, then dropped
+      name = checkpointing.names(path)
+      return (jax.ShapeDtypeStruct(stored[name], x.dtype)
+              if fresh(name) and stored.get(name, x.shape) != x.shape else x)
+
+    restored, _ = checkpointing.restore(
+        mngr, jax.tree_util.tree_map_with_path(target, checkpointing.abstract(state)))
+  except checkpointing.ConfigMismatch as e:
+    raise checkpointing.ConfigMismatch(e.where, f"train.init_from: {e.detail}") from e
+  finally:
+    mngr.close()
+  bad, total = checkpointing.params_finite(restored.params)
+  if bad:
+    raise checkpointing.CheckpointError(
+        f"train.init_from={source}: {bad:,} of {total:,} parameter values are not finite")
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, new, old: new if fresh(checkpointing.names(p)) else old,
+      state.params, restored.params)
+  return state.replace(params=params)
+
+
 def _start_files(workdir, config, changes, start: int, end: int) -> None:
   """The workdir's files as a run starting at `start` needs them (multi-host: process 0's job).
 
@@ -173,6 +209,8 @@ def _train(config, workdir, *, progress, evaluate_at_end, stop_after, allow_conf
     state, data_state, mngr = _restore_for_training(mngr, workdir, state, changes)
     it.set_state(data_state)
     logging.info("resumed from step %d", int(state.step))
+  elif t.get("init_from"):
+    state = warm_start(state, t.init_from, t.get("init_skip", ()))
   start = int(state.step)
   end = t.steps if stop_after is None else min(t.steps, stop_after)
   if distributed.is_main():

@@ -1,6 +1,7 @@
 """The generic loop: resume is bit-identical, NaN stops cleanly, a killed save loses nothing,
 a damaged newest checkpoint is skipped, another model shape is named."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -148,3 +149,30 @@ def test_shape_mismatch_is_named_as_a_config_mismatch(tmp_path, straight):
   with pytest.raises(checkpointing.ConfigMismatch, match=r"model.dim 64 vs 32"):
     loop.train(c, wd, progress=False, allow_config_change=True)
   assert not os.path.exists(os.path.join(wd, "config.history.jsonl"))   # nothing recorded
+
+
+def _named(params):
+  return {checkpointing.names(p): np.asarray(x)
+          for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+def test_init_from_starts_a_fresh_run_at_the_source_params(tmp_path, straight):
+  source, trained = straight
+  first = sorted(_named(trained.params))[0]
+  c = _config(init_from=source, init_skip=(re.escape(first),))
+  state = loop.train(c, str(tmp_path), progress=False, evaluate_at_end=False, stop_after=0)["state"]
+  fresh = _named(loop.init_state(c, *loop.build(c)[1:]).params)
+  got, want = _named(state.params), _named(trained.params)
+  assert int(state.step) == 0 and set(got) == set(want)
+  for name in got:
+    np.testing.assert_array_equal(got[name], fresh[name] if name == first else want[name])
+  assert not np.array_equal(fresh[first], want[first])    # the skip is visible
+
+
+def test_init_from_other_shapes_or_no_workdir_is_one_named_error(tmp_path, straight):
+  c = _config(init_from=straight[0])
+  c.model.dim = 64
+  with pytest.raises(checkpointing.ConfigMismatch, match=r"train.init_from: .*shape"):
+    loop.train(c, str(tmp_path / "a"), progress=False)
+  with pytest.raises(checkpointing.CheckpointError, match=r"no such directory"):
+    loop.train(_config(init_from=str(tmp_path / "absent")), str(tmp_path / "b"), progress=False)
