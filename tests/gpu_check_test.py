@@ -34,6 +34,7 @@ def _check_kernel_stages(res):
   assert next(r for r in rows if r["impl"] == "pallas")["block_sizes"] is not None  # swept ones
 
 
+@pytest.mark.slow
 def test_smoke_kernel_stages_and_one_job(tmp_path):
   res, out = _run(str(tmp_path), "--stages=env,sweep,bench,jobs", "--jobs=then_recall",
                   "--sweep_blocks=16", "--sweep_num_stages=2", "--impls=pallas,reference")
