@@ -45,6 +45,7 @@ def test_backend_switch_reference_on_cpu():
                                 local_attention(q, k, v, chunk=4, halo=2, backend="auto"))
 
 
+@pytest.mark.slow   # ~54 s on the 2-core CPU; .ci/run's slow line runs it by name
 @settings(max_examples=6, deadline=None)
 @given(t=st.integers(1, 70), chunk=st.integers(1, 16), halo=st.integers(0, 20),
        kv=st.sampled_from([1, 2]), groups=st.sampled_from([1, 3]),
