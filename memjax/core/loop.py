@@ -161,10 +161,13 @@ def warm_start(state, source: str, skip=()):
       raise checkpointing.CheckpointError(f"train.init_from={source}: no checkpoint there")
     stored = checkpointing.stored_shapes(mngr, step)
 
-    def target(path, x):   # a skipped array is read at its stored shape, then dropped
+    # Arrays not kept (skipped params; moments and memory, whose shapes follow the batch size)
+    # are read at their stored shapes, then dropped.
+    def target(path, x):
       name = checkpointing.names(path)
+      dropped = fresh(name) or not name.startswith("params/")
       return (jax.ShapeDtypeStruct(stored[name], x.dtype)
-              if fresh(name) and stored.get(name, x.shape) != x.shape else x)
+              if dropped and stored.get(name, x.shape) != x.shape else x)
 
     restored, _ = checkpointing.restore(
         mngr, jax.tree_util.tree_map_with_path(target, checkpointing.abstract(state)))

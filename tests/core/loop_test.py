@@ -169,6 +169,14 @@ def test_init_from_starts_a_fresh_run_at_the_source_params(tmp_path, straight):
   assert not np.array_equal(fresh[first], want[first])    # the skip is visible
 
 
+def test_init_from_takes_params_across_batch_sizes(tmp_path, straight):
+  source, trained = straight
+  c = _config(init_from=source, batch_size=2 * _config().train.batch_size)
+  state = loop.train(c, str(tmp_path), progress=False, evaluate_at_end=False, stop_after=0)["state"]
+  for a, b in zip(_params(state), _params(trained)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_init_from_other_shapes_or_no_workdir_is_one_named_error(tmp_path, straight):
   c = _config(init_from=straight[0])
   c.model.dim = 64
