@@ -180,7 +180,7 @@ def warm_start(state, source: str, skip=()):
     raise checkpointing.CheckpointError(
         f"train.init_from={source}: {bad:,} of {total:,} parameter values are not finite")
   params = jax.tree_util.tree_map_with_path(
-      lambda p, new, old: new if fresh(checkpointing.names(p)) else old,
+      lambda p, new, old: new if fresh("params/" + checkpointing.names(p)) else old,
       state.params, restored.params)
   return state.replace(params=params)
 
