@@ -11,12 +11,17 @@ Variants: "templated" (`KEYnn = d` lines) and "prose" (key names like "the red b
 statement forms including digit-first ones, varied separators, distractor sentences between
 turns), so that matching a template cannot score.
 
-Train and eval are disjoint in their (key, digit) assignments: each key has two eval digits,
-drawn once at random per key (EVAL_DIGITS), and every statement of an eval episode uses an eval
-pair, every statement of a train episode a train pair; no eval binding is ever trained on. The
-eval digits share no rule across keys, so the kept statements say nothing about a removed
-key's digit (`copy_baselines` measures it). Episodes are deterministic: example i of a split
-under a seed is always the same.
+Train and eval are disjoint by construction, in one of two ways (`holdout`):
+  "bindings"  in their (key, digit) assignments: each key has two eval digits, drawn once at
+              random per key (EVAL_DIGITS), and every statement of an eval episode uses an eval
+              pair, every statement of a train episode a train pair; no eval binding is ever
+              trained on. The eval digits share no rule across keys, so the kept statements say
+              nothing about a removed key's digit (`copy_baselines` measures it).
+  "keys"      in their keys: 30 of the 100 keys (is_eval_key) appear only in eval episodes, the
+              other 70 only in train episodes, and every digit is drawn uniformly per episode.
+              A binding then recurs across train episodes no more than chance allows, so a
+              reader gains nothing in training by remembering bindings instead of reading them.
+Episodes are deterministic: example i of a split under a seed is always the same.
 
 Each example (numpy):
   removed    R      the removed tokens (BOS first), what the compressor reads
@@ -47,6 +52,7 @@ from memjax.latentem import reader_loading
 
 SPLITS = {"train": 0, "eval": 1, "test": 2}
 VARIANTS = ("templated", "prose")
+HOLDOUTS = ("bindings", "keys")
 COLORS = ("red", "blue", "green", "yellow", "black", "white", "brown", "purple", "orange", "silver")
 OBJECTS = ("box", "lamp", "door", "coin", "book", "ship", "tree", "bell", "road", "cup")
 # (prefix, suffix) around the digit; {k} is the key name. Two are digit-first.
@@ -83,6 +89,17 @@ def allowed_digits(split: str, key: int) -> list[int]:
   return [d for d in range(10) if is_eval_pair(key, d) == want_eval]
 
 
+# Three colours per object and three objects per colour (key // 10, key % 10): every word of an
+# eval key's name also names train keys, so eval asks for unseen names made of seen words.
+def is_eval_key(key: int) -> bool:
+  return (key % 10 - key // 10) % 10 < 3
+
+
+def split_keys(split: str, num_keys: int) -> np.ndarray:
+  want_eval = split != "train"
+  return np.array([k for k in range(num_keys) if is_eval_key(k) == want_eval])
+
+
 class LatentemKV:
   """The task of the Latentem design (see the module docstring)."""
 
@@ -93,16 +110,23 @@ class LatentemKV:
     return ml_collections.ConfigDict(dict(
         name="latentem_kv", reader="gemma3-270m", reader_dtype="float32", variant="templated",
         budget=64, removed_tokens=72, min_removed=8, num_keys=100, distractor_prob=0.3,
-        overfit_one=False))
+        holdout="bindings", overfit_one=False))
 
   @staticmethod
   def validate(c) -> None:
     root = ml_collections.ConfigDict({"task": c})
     cfg.one_of(root, "task.variant", VARIANTS)
+    if "holdout" in c:
+      cfg.one_of(root, "task.holdout", HOLDOUTS)
     cfg.positive(root, "task.budget", "task.removed_tokens", "task.min_removed", "task.num_keys")
     cfg.require(c.num_keys <= 100, "task.num_keys", f"at most 100 keys, got {c.num_keys}")
     cfg.require(c.min_removed >= 8, "task.min_removed",
                 f"the removed part must hold at least 8 statements, got {c.min_removed}")
+    if c.get("holdout", "bindings") == "keys":
+      fewest = min(len(split_keys(s, c.num_keys)) for s in ("train", "eval"))
+      cfg.require(fewest > c.min_removed, "task.num_keys",
+                  f"holdout 'keys' leaves {fewest} keys to a split of {c.num_keys} keys; an "
+                  f"episode needs more than {c.min_removed} distinct keys")
 
   def __init__(self, c: ml_collections.ConfigDict):
     self.validate(c)
@@ -177,9 +201,13 @@ class LatentemKV:
     c, r = self.c, self.removed_tokens
     total = r + budget
     for _ in range(100):
-      n = min(c.num_keys, total // 4 + 1)
-      keys = rng.choice(c.num_keys, n, replace=False)
-      digits = np.array([rng.choice(allowed_digits(split, int(k))) for k in keys])
+      if c.get("holdout", "bindings") == "keys":
+        pool = split_keys(split, c.num_keys)
+        keys = rng.choice(pool, min(len(pool), total // 4 + 1), replace=False)
+        digits = rng.integers(10, size=len(keys))
+      else:
+        keys = rng.choice(c.num_keys, min(c.num_keys, total // 4 + 1), replace=False)
+        digits = np.array([rng.choice(allowed_digits(split, int(k))) for k in keys])
       asked = int(rng.integers(self.slots))
       q = self.question(int(keys[asked]))
       body = total - 1 - len(q)

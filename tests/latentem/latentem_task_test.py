@@ -8,6 +8,15 @@ from memjax.latentem import task as task_lib
 from memjax.pretrained import tiny_tokenizer
 
 
+def _pairs(t, split, n=60):
+  seen = set()
+  for i in range(n):
+    e = t.example_at(split, 0, i)
+    seen |= set(zip(e["slot_keys"].tolist(), e["slot_digits"].tolist()))
+    seen.add((int(e["asked_key"]), int(e["answer"])))
+  return seen
+
+
 def _task(variant="templated", **kw):
   c = task_lib.LatentemKV.defaults()
   prose = variant == "prose"
@@ -20,18 +29,37 @@ def _task(variant="templated", **kw):
 @pytest.mark.parametrize("variant", task_lib.VARIANTS)
 def test_train_and_eval_bindings_are_disjoint(variant):
   t = _task(variant)
-  pairs = {}
-  for split in ("train", "eval"):
-    seen = set()
-    for i in range(60):
-      e = t.example_at(split, 0, i)
-      seen |= set(zip(e["slot_keys"].tolist(), e["slot_digits"].tolist()))
-      seen.add((int(e["asked_key"]), int(e["answer"])))
-    pairs[split] = seen
+  pairs = {split: _pairs(t, split) for split in ("train", "eval")}
   assert pairs["train"] and pairs["eval"]
   assert not pairs["train"] & pairs["eval"]
   assert all(not task_lib.is_eval_pair(k, d) for k, d in pairs["train"])
   assert all(task_lib.is_eval_pair(k, d) for k, d in pairs["eval"])
+
+
+@pytest.mark.parametrize("variant", task_lib.VARIANTS)
+def test_keys_holdout_keeps_eval_keys_out_of_training(variant):
+  t = _task(variant, holdout="keys")
+  keys = {s: {k for k, _ in _pairs(t, s)} for s in ("train", "eval", "test")}
+  assert keys["train"] and keys["eval"] and not keys["train"] & (keys["eval"] | keys["test"])
+  assert all(task_lib.is_eval_key(k) for k in keys["eval"] | keys["test"])
+  assert not any(task_lib.is_eval_key(k) for k in keys["train"])
+  # Digits are free in both splits: every digit answers some train and some eval question.
+  for s in ("train", "eval"):
+    assert {d for _, d in _pairs(t, s)} == set(range(10))
+
+
+def test_eval_keys_are_unseen_names_of_seen_words():
+  ev = [k for k in range(100) if task_lib.is_eval_key(k)]
+  assert len(ev) == 30
+  np.testing.assert_array_equal(np.bincount([k // 10 for k in ev]), np.full(10, 3))
+  np.testing.assert_array_equal(np.bincount([k % 10 for k in ev]), np.full(10, 3))
+
+
+def test_keys_holdout_with_too_few_keys_is_a_config_error():
+  with pytest.raises(ConfigError, match="task.num_keys"):
+    _task(holdout="keys", num_keys=20)
+  with pytest.raises(ConfigError, match="task.holdout"):
+    _task(holdout="names")
 
 
 @pytest.mark.parametrize("variant", task_lib.VARIANTS)
@@ -127,9 +155,11 @@ def test_kept_statements_say_nothing_of_the_asked_digit(variant, monkeypatch):
   # under a rule shared by keys ending in the same digit, (3k + d) % 5 == 0, copying the
   # digit of the kept key with the asked key's last digit scores 0.42 (templated) / 0.27
   # (prose) here, 0.29 / 0.20 on the real task.
-  t = _task(variant, budget=192 if variant == "templated" else 320)
-  for name, acc in t.copy_baselines("eval", n=500).items():
-    assert abs(acc - t.chance) < 0.04, (name, acc)      # 3 standard errors at n=500
+  long = 192 if variant == "templated" else 320
+  for t in (_task(variant, budget=long), _task(variant, budget=long, holdout="keys")):
+    for name, acc in t.copy_baselines("eval", n=500).items():
+      assert abs(acc - t.chance) < 0.04, (name, acc)    # 3 standard errors at n=500
+  t = _task(variant, budget=long)
   monkeypatch.setattr(task_lib, "is_eval_pair", lambda k, d: (3 * k + d) % 5 == 0)
   leaky = t.copy_baselines("eval", n=500)
   assert leaky["copy_baseline_same_last"] > t.chance + 0.05, leaky
