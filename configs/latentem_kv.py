@@ -11,12 +11,14 @@ wall (training 1427 s; max RSS 6.0 GB); 64 held-out episodes, budget 64: latent 
 reader) 1.000, memory zeroed 0.094, shuffled 0.094, discard 0.125 (chance 0.1; copying a kept
 digit 0.08-0.11); oracle (same LoRA reader, full prompt) 1.000, frozen oracle 0.938;
 memory_cosine 0.852; ridge probe of the asked digit 0.406. The lookup appears between steps
-~160 and ~250 (training accuracy 0.34 at 165-180, 0.91 at 245-260).
+~160 and ~250 (training accuracy 0.34 at 165-180, 0.91 at 245-260). Again (seventh session,
+a machine 1.84x slower): 46 min 28 s, latent 0.953, zeroed 0.141, shuffled 0.125, oracle 0.984.
 `:prose` from scratch does not learn (latent 0.203); started from a templated run,
   python experiments/train.py --config=configs/latentem_kv.py:prose \
       --config.train.init_from=/tmp/latentem --workdir=/tmp/latentem_prose
 reaches latent 0.719 held-out in 36 min 47 s (ablations 0.047; LoRA oracle 0.781): short of the
-templated 1.000. BUILD_NOTES.md, Latentem, sessions 2-6.
+templated 1.000. `--config.task.holdout=keys` (eval keys never trained on, digits drawn per
+episode) is the next thing to measure there. BUILD_NOTES.md, Latentem, sessions 2-7.
 """
 import ml_collections
 
