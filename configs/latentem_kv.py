@@ -17,8 +17,10 @@ a machine 1.84x slower): 46 min 28 s, latent 0.953, zeroed 0.141, shuffled 0.125
   python experiments/train.py --config=configs/latentem_kv.py:prose \
       --config.train.init_from=/tmp/latentem --workdir=/tmp/latentem_prose
 reaches latent 0.719 held-out in 36 min 47 s (ablations 0.047; LoRA oracle 0.781): short of the
-templated 1.000. `--config.task.holdout=keys` (eval keys never trained on, digits drawn per
-episode) is the next thing to measure there. BUILD_NOTES.md, Latentem, sessions 2-7.
+templated 1.000. With `--config.task.holdout=keys` (eval keys never trained on, digits drawn
+per episode) the same command reaches latent 0.359 (oracle LoRA 0.719, ablations 0.078-0.094;
+65 min on a slower machine): worse, the lookup did not form in 400 steps. BUILD_NOTES.md,
+Latentem, sessions 2-8.
 """
 import ml_collections
 
