@@ -32,7 +32,10 @@ A warm-up over the mix (task.retrieval_warmup_steps / retrieval_warmup_fraction,
 did not help on 2026-12-03: retrieval-only batches for 2,640 steps (21,000 retrieval
 examples, `--config.task.retrieval_warmup_steps=100000`) left EM beyond at 0.051 (zeroed the
 same, chance 0.031), delta_zero 1.000, the supervised attention at ln 11 (BUILD_NOTES.md,
-"Curriculum over the retrieval mix").
+"Curriculum over the retrieval mix"). A length curriculum (task.length_curriculum, off here:
+PAD-filled documents of growing length, the slot count fixed) keeps the attention's lock from
+128 to 512 tokens at batch 32, but the read-out had not formed 1,600 steps after the growth
+(2026-12-04, BUILD_NOTES.md, "Batch, empty slots and a length curriculum").
 """
 import importlib.util
 import os
@@ -73,6 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task.update(
       doc_len=2048, chunk=8, tail=128, retrieval_fraction=0.2,
       retrieval_warmup_steps=0, retrieval_warmup_fraction=1.0,   # mix warm-up: off
+      length_curriculum=(),   # ((from_step, active tokens), ...): PAD-filled prefix; off
       inside_fraction=0.25, adversarial_in_tail=True, lm_after_doc=True,
       copy_p=0.02, copy_len=8, copy_max=96,
       curriculum_steps=(100, 800), easy_distractors=2, target_distractors=6,

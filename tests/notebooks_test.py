@@ -9,8 +9,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # hrsa_remedies is executed (and its table checked) by tests/experiments/hrsa_notebook_test.py
 # in the default run; here it would run a second time, so only with -m slow. dcm_k_sweep runs
 # four tiny experiments (two phase-1a, two Diffuser), minutes on 2 cores: -m slow as well.
-# latentem_ablations (95 s) is slow-marked for the default suite's time; .ci/run runs it.
-SLOW = {"hrsa_remedies.ipynb", "dcm_k_sweep.ipynb", "latentem_ablations.ipynb"}
+# latentem_ablations (95 s) and then_ablations (28-44 s) are slow-marked for the default
+# suite's time; .ci/run runs them.
+SLOW = {"hrsa_remedies.ipynb", "dcm_k_sweep.ipynb", "latentem_ablations.ipynb",
+        "then_ablations.ipynb"}
 NOTEBOOKS = [pytest.param(f, marks=pytest.mark.slow) if f in SLOW else f
              for f in sorted(os.listdir(os.path.join(ROOT, "notebooks"))) if f.endswith(".ipynb")]
 

@@ -42,6 +42,11 @@ Bypass regime (issue 14; all off by default, so the task above is unchanged draw
                     probability `copy_p`, the next `copy_len` tokens repeat the span that
                     started d tokens back, d uniform in [copy_len, copy_max]: a long local
                     context predicts the text better than the last token does.
+  length_curriculum  ((from_step, tokens), ...), off when empty: a train document of that
+                    step has `tokens` tokens of text and facts, left-padded with PAD to
+                    `doc_len`, so the slot count stays the model's while the share of slots
+                    that hold anything grows; the tail, the asked-for fact and every
+                    distractor lie in the active part. Eval splits use the whole document.
 Split `eval_lm` holds LM examples of held-out documents (the LM loss comparison).
 
 Held out: a fact's binding (ka, kb) -> value is eval-only or train-only
@@ -100,6 +105,7 @@ class HRSARetrievalTask:
     self.copy_p = float(c.get("copy_p", 0.0))
     self.copy_len = int(c.get("copy_len", 8))
     self.copy_max = int(c.get("copy_max", 64))
+    self.length_curriculum = tuple((int(a), int(n)) for a, n in c.get("length_curriculum", ()))
     self._check()
     self.ka0 = NUM_SPECIAL
     self.kb0 = self.ka0 + self.n_ka
@@ -130,11 +136,15 @@ class HRSARetrievalTask:
       raise ConfigError(f"task.doc_len: {self.doc_len} is not a multiple of task.chunk {self.chunk}")
     if self.tail % self.chunk or self.tail >= self.doc_len // 2:
       raise ConfigError(f"task.tail: must be a multiple of chunk below doc_len/2, got {self.tail}")
-    free = (self.doc_len - self.tail) // self.chunk
-    for name in ("easy_distractors", "target_distractors", "hard_distractors"):
-      if getattr(self, name) + 1 > self.doc_len // self.chunk - 1:
-        raise ConfigError(f"task.{name}: {getattr(self, name)} distractors do not fit in "
-                          f"{self.doc_len // self.chunk} chunks of a {self.doc_len}-token document")
+    self._check_length(self.doc_len, "task.doc_len")
+    steps = [a for a, _ in self.length_curriculum]
+    if steps and (steps[0] != 0 or steps != sorted(set(steps))):
+      raise ConfigError(f"task.length_curriculum: steps must start at 0 and increase, got {steps}")
+    for _, n in self.length_curriculum:
+      if not 0 < n <= self.doc_len or n % self.chunk:
+        raise ConfigError(f"task.length_curriculum: {n} tokens is not a multiple of chunk "
+                          f"{self.chunk} in (0, doc_len={self.doc_len}]")
+      self._check_length(n, "task.length_curriculum")
     if self.n_values < 2:
       raise ConfigError(f"task.n_values: must be >= 2 (train and held-out values per key), got "
                         f"{self.n_values}")
@@ -155,6 +165,24 @@ class HRSARetrievalTask:
     if self.copy_p and not 1 <= self.copy_len <= self.copy_max:
       raise ConfigError(f"task.copy_max: must be >= copy_len >= 1, got copy_len={self.copy_len} "
                         f"copy_max={self.copy_max}")
+
+  def _check_length(self, n: int, field: str):
+    """A document of n active tokens holds the tail and every stage's facts."""
+    if self.tail >= n // 2:
+      raise ConfigError(f"{field}: {n} tokens leave no room before a {self.tail}-token tail "
+                        f"(task.tail must be below half of it)")
+    for name in ("easy_distractors", "target_distractors", "hard_distractors"):
+      if getattr(self, name) + 1 > n // self.chunk - 1:
+        raise ConfigError(f"task.{name}: {getattr(self, name)} distractors do not fit in "
+                          f"{n // self.chunk} chunks of a {n}-token document ({field})")
+
+  def active_len_at(self, step: int) -> int:
+    """Tokens of text and facts in a train document of this step (the rest is PAD)."""
+    n = self.doc_len
+    for start, tokens in self.length_curriculum:
+      if step >= start:
+        n = tokens
+    return n
 
   def stage_at(self, step: int) -> str:
     if step < self.curriculum_steps[0]:
@@ -194,11 +222,13 @@ class HRSARetrievalTask:
 
   def example(self, rng: np.random.Generator, stage: str, retrieval: bool,
               force_adversarial: bool = False, heldout: bool = False,
-              inside: bool | None = None) -> dict:
+              inside: bool | None = None, active: int | None = None) -> dict:
     """`inside`: put the asked-for fact in the tail (True) or before it (False); None draws
-    it with probability `inside_fraction` (no draw at all when that is 0)."""
+    it with probability `inside_fraction` (no draw at all when that is 0). `active`: tokens
+    of text and facts, left-padded with PAD to doc_len (None: the whole document)."""
     st = self.stages[stage]
-    n, c, tail = self.doc_len, self.chunk, self.tail
+    n = self.doc_len if active is None else active
+    c, tail = self.chunk, self.tail
     stream = self._text(rng, n + self.seq_len + 1)
     doc = stream[:n].copy()
     n_chunks = n // c
@@ -258,6 +288,10 @@ class HRSARetrievalTask:
       tokens = full[start:start + l]
       targets = full[start + 1:start + l + 1]
       weights = np.ones(l, np.float32)
+    pad = self.doc_len - n
+    if pad:
+      doc = np.concatenate([np.full(pad, PAD, doc.dtype), doc])
+      src = src + pad if src >= 0 else src
     return dict(doc=doc.astype(np.int32), tokens=tokens.astype(np.int32),
                 targets=targets.astype(np.int32), weights=weights,
                 is_retrieval=np.bool_(retrieval), answer=np.int32(self.v0 + value),
@@ -277,7 +311,8 @@ class HRSARetrievalTask:
         step = int(index) // batch_size
         stage = self.stage_at(step)
         retrieval = bool(rng.random() < self.retrieval_fraction_at(step))
-        return self.example(rng, stage, retrieval)
+        active = self.active_len_at(step) if self.length_curriculum else None
+        return self.example(rng, stage, retrieval, active=active)
       if split == "eval_lm":
         return self.example(rng, "target", False, heldout=True)
       inside = {"eval_inside": True, "eval_beyond": False}.get(split)

@@ -59,6 +59,7 @@ def test_then_analytic_count_agrees_with_the_traced_step():
       < then.flops_per_token(c.model, task.vocab_size, task.segment_len)
 
 
+@pytest.mark.slow   # ~12 s on the 2-core CPU; .ci/run's slow line runs it by name
 def test_bench_quick_prints_the_table():
   """The smoke test: THEN's tiny config, one call (every design: the slow test below)."""
   r = _run("--quick", "--designs=then")

@@ -1,12 +1,14 @@
 """Data parallel over 4 CPU devices: the sharded training step equals the unsharded one."""
 import jax
 import numpy as np
+import pytest
 
 from configs import then_recall
 from memjax.core import distributed
 from memjax.core import loop
 
 
+@pytest.mark.slow   # ~22 s on the 2-core CPU; .ci/run's slow line runs it by name
 def test_sharded_step_equals_unsharded(tmp_path):
   assert jax.device_count() >= 4
   states = {}

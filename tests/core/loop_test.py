@@ -91,6 +91,7 @@ KILL_DURING_SAVE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow   # ~23 s on the 2-core CPU; .ci/run's slow line runs it by name
 def test_run_killed_during_save_resumes_from_last_complete(tmp_path, uninterrupted):
   wd = str(tmp_path)
   code = KILL_DURING_SAVE.format(root=ROOT, wd=wd)

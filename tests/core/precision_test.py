@@ -103,6 +103,7 @@ def _train_losses(tmp_path, dtype, steps=40):
     return np.array([json.loads(line)["loss_mean"] for line in f]), state
 
 
+@pytest.mark.slow   # ~34 s on the 2-core CPU; .ci/run's slow line runs it by name
 def test_bfloat16_training_tracks_float32(tmp_path):
   """40 steps of tiny THEN in bf16 and in f32 from the same init and batches: every logged
   5-step mean loss within 2 R u max|z| (module docstring), with max|z| the largest logit

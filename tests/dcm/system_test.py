@@ -57,6 +57,7 @@ def test_exact_match_on_hand_made_decodes():
   assert float(r._correct(nl, np.zeros(1, np.int32), np.ones(1, bool), False)) == 0.0
 
 
+@pytest.mark.slow   # ~30 s on the 2-core CPU; .ci/run's slow line runs it by name
 def test_yardstick_modes_come_from_the_protocol():
   """On an untrained Generator: zeroed changes the answer loss, shuffled with batch 1 == memory."""
   t = tiny()

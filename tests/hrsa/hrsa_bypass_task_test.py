@@ -164,3 +164,37 @@ def test_retrieval_warmup_sets_the_mix_then_hands_back():
 def test_bad_retrieval_warmup_names_the_field(bad, field):
   with pytest.raises(ConfigError, match=field):
     ht.HRSARetrievalTask.validate({**BYPASS, **bad})
+
+
+def test_length_curriculum_pads_then_hands_back():
+  bs = 16
+  steps = lambda task, n: list(itertools.islice(iter(task.batches("train", bs, 0)), n))
+  plain = steps(ht.HRSARetrievalTask(BYPASS), 6)
+  task = ht.HRSARetrievalTask({**BYPASS, "length_curriculum": ((0, 136), (2, 200), (4, 256))})
+  assert [task.active_len_at(s) for s in (0, 1, 2, 3, 4, 99)] == [136, 136, 200, 200, 256, 256]
+  got = steps(task, 6)
+  for i, b in enumerate(got[:4]):
+    pad = task.doc_len - task.active_len_at(i)
+    assert b["doc"].shape == (bs, task.doc_len)
+    assert (b["doc"][:, :pad] == ht.PAD).all() and (b["doc"][:, pad:] != ht.PAD).all()
+    facts = np.nonzero(b["doc"] == ht.FACT)
+    assert len(facts[1]) >= bs * 3 and (facts[1] >= pad).all()   # every fact in the active part
+    retr = b["is_retrieval"]
+    src = b["src_start"][retr]
+    assert (src >= pad).all()
+    np.testing.assert_array_equal(b["doc"][np.nonzero(retr)[0], src + 3], b["answer"][retr])
+    # the decoder's tail is the document's last `tail` tokens, as without the option
+    np.testing.assert_array_equal(b["tokens"][retr, :task.tail], b["doc"][retr, -task.tail:])
+  assert any(b["is_retrieval"].any() for b in got[:4])
+  for a, b in zip(got[4:], plain[4:]):   # at full length: the same batches as without
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+  ev = _take(task, "eval", 64)           # eval documents are whole from the start
+  assert not (ev["doc"] == ht.PAD).any()
+
+
+@pytest.mark.parametrize("bad", [((0, 140),), ((5, 136),), ((0, 136), (0, 200)),
+                                 ((0, 512),), ((0, 128),)])
+def test_bad_length_curriculum_names_the_field(bad):
+  with pytest.raises(ConfigError, match="task.length_curriculum"):
+    ht.HRSARetrievalTask.validate({**BYPASS, "length_curriculum": bad})
