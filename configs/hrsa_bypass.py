@@ -34,7 +34,7 @@ examples, `--config.task.retrieval_warmup_steps=100000`) left EM beyond at 0.051
 same, chance 0.031), delta_zero 1.000, the supervised attention at ln 11 (BUILD_NOTES.md,
 "Curriculum over the retrieval mix"). A length curriculum (task.length_curriculum, off here:
 PAD-filled documents of growing length, the slot count fixed) keeps the attention's lock from
-128 to 512 tokens at batch 32, but the read-out had not formed 1,600 steps after the growth
+128 to 512 tokens at batch 32, but the read-out had not formed 3,100 steps after the growth
 (2026-12-04, BUILD_NOTES.md, "Batch, empty slots and a length curriculum").
 """
 import importlib.util
