@@ -291,7 +291,7 @@ class HRSARetrievalTask:
     pad = self.doc_len - n
     if pad:
       doc = np.concatenate([np.full(pad, PAD, doc.dtype), doc])
-      src = src + pad if src >= 0 else src
+      src += pad
     return dict(doc=doc.astype(np.int32), tokens=tokens.astype(np.int32),
                 targets=targets.astype(np.int32), weights=weights,
                 is_retrieval=np.bool_(retrieval), answer=np.int32(self.v0 + value),
@@ -311,8 +311,7 @@ class HRSARetrievalTask:
         step = int(index) // batch_size
         stage = self.stage_at(step)
         retrieval = bool(rng.random() < self.retrieval_fraction_at(step))
-        active = self.active_len_at(step) if self.length_curriculum else None
-        return self.example(rng, stage, retrieval, active=active)
+        return self.example(rng, stage, retrieval, active=self.active_len_at(step))
       if split == "eval_lm":
         return self.example(rng, "target", False, heldout=True)
       inside = {"eval_inside": True, "eval_beyond": False}.get(split)
