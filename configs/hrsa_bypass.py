@@ -34,8 +34,10 @@ examples, `--config.task.retrieval_warmup_steps=100000`) left EM beyond at 0.051
 same, chance 0.031), delta_zero 1.000, the supervised attention at ln 11 (BUILD_NOTES.md,
 "Curriculum over the retrieval mix"). A length curriculum (task.length_curriculum, off here:
 PAD-filled documents of growing length, the slot count fixed) keeps the attention's lock from
-128 to 512 tokens at batch 32, but the read-out had not formed 3,100 steps after the growth
-(2026-12-04, BUILD_NOTES.md, "Batch, empty slots and a length curriculum").
+128 to 512 tokens at batch 32; with PAD left out of the write loss and the 128-token stage
+to step 2,600, 512-token documents (64 M2 slots, 32-token tail, retrieval only) reach EM
+beyond 0.996 (zeroed 0.023, shuffled 0.051), inside 0.902, adversarial 0.957 in ~50 min
+(2026-12-04, BUILD_NOTES.md, "Where the answer was lost").
 """
 import importlib.util
 import os

@@ -9,6 +9,7 @@ reaching decoder cross-attention vs self-attention parameters (an extra backward
 """
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
@@ -21,6 +22,7 @@ from memjax.core import losses
 from memjax.core import memory as memory_lib
 from memjax.core import yardstick
 from memjax.core.config import ConfigError
+from memjax.hrsa import diagnose
 from memjax.hrsa import guardrails
 from memjax.layers.local_attention import BACKENDS as LOCAL_BACKENDS
 from memjax.hrsa.diffusion import check_cascade
@@ -29,9 +31,11 @@ from memjax.hrsa.model import DecodeControl
 from memjax.hrsa.model import HRSAConfig
 from memjax.hrsa.model import HRSATRM
 from memjax.hrsa import remedies as remedies_lib
+from memjax.hrsa import tasks as tasks_lib
 from memjax.core.system import System
 
 MODEL_FIELDS = tuple(f for f in HRSAConfig.__dataclass_fields__)
+READ_PATH_FIELDS = ("doc", "tokens", "src_start", "answer")
 
 
 def model_config(config, vocab_size: int) -> HRSAConfig:
@@ -162,7 +166,9 @@ def make_system(config, task) -> System:
         slots_BxSxD, region_BxSxR = slots_BxSxD[:, idx], region_BxSxR[:, idx]
     if write_weight:  # rebuild the region token by token (see WriteHead)
       logits_w = model.write_head(slots_BxSxD, region_BxSxR.shape[-1], model.embed)
-      valid = region_BxSxR >= 0
+      # PAD (a length curriculum's empty prefix) is nothing to remember: counted, the empty
+      # slots would dilute the text slots' share of the loss by the padded fraction.
+      valid = (region_BxSxR >= 0) & (region_BxSxR != tasks_lib.PAD)
       nll_w = losses.token_nll(logits_w, jnp.maximum(region_BxSxR, 0))
       loss_write = jnp.where(valid, nll_w, 0.0).sum() / jnp.maximum(valid.sum(), 1)
       loss = loss + write_weight * loss_write
@@ -245,6 +251,8 @@ def make_system(config, task) -> System:
           logits[:, -1], batch["answer"], inside)
     return out, guardrails.sim_gap(jnp.concatenate(memory.levels, 1))
 
+  read_path = jax.jit(functools.partial(diagnose.read_path, graphdef))
+
   @jax.jit
   def lm_losses(params, batch):
     """Summed LM NLL over the scored positions: with memory, memory zeroed, reference."""
@@ -281,6 +289,16 @@ def make_system(config, task) -> System:
                   "accuracy_no_memory", "delta_zero"):
           res[k.replace("accuracy", f"accuracy_{where}") if k.startswith("accuracy")
               else f"{k}_{where}"] = r.get(k)
+      if mc.write_head:
+        # Where the answers beyond the local context are lost (memjax.hrsa.diagnose).
+        rows, keep = {}, []
+        for b in split("eval_beyond"):
+          for k, v in read_path(params, {k: b[k] for k in READ_PATH_FIELDS}).items():
+            rows.setdefault(k, []).append(np.asarray(v))
+          keep.append(np.asarray(b["is_retrieval"]))
+        rows = {k: np.concatenate(v) for k, v in rows.items()}
+        for k, v in diagnose.summarise(rows, np.concatenate(keep)).items():
+          res[f"read_path_beyond_{k}"] = v
       cnt_in = sums.get("count_inside", 0.0)
       res["accuracy_adversarial_inside"] = sums.get("correct_inside", 0.0) / max(cnt_in, 1.0)
       res["accuracy_adversarial_beyond"] = ((sums["correct"] - sums.get("correct_inside", 0.0))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from memjax.core import loop
+from memjax.hrsa import diagnose
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -42,9 +43,48 @@ def test_tiny_bypass_run_reports_beyond_inside_and_lm_reference(tmp_path):
             "loss_lm_heldout", "loss_lm_heldout_reference", "lm_loss_ratio_to_reference"):
     assert saved[k] is not None and np.isfinite(saved[k]), k
   assert 0 < saved["loss_lm_heldout_reference"] < saved["loss_lm_uniform"] + 1.0
+  # where the answers beyond the local context are lost: the same split, the same answers
+  assert saved["read_path_beyond_answers"] == pytest.approx(saved["accuracy_beyond"])
+  for k in diagnose.summarise({k: np.zeros(1, bool) for k in diagnose.KEYS} |
+                              {"mass": np.zeros(1)}, np.ones(1, bool)):
+    assert 0 <= saved[f"read_path_beyond_{k}"] <= 1, k
   # the reference is its own decoder with its own embedding
   ref = jax.tree.leaves(params["reference"])
   model = [x for k, v in params.items() if k != "reference" for x in jax.tree.leaves(v)]
   assert ref and not any(r is m for r in ref for m in model)
   hist = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert all("loss_lm_reference" in h for h in hist)
+
+
+def test_write_loss_leaves_out_a_curriculum_s_pad():
+  """With a length curriculum's PAD prefix the write loss is the mean over the text positions
+  only (the empty slots would otherwise dilute it by the padded share)."""
+  import jax.numpy as jnp
+  from flax import nnx
+  from memjax.core import losses
+  from memjax.hrsa import tasks as ht
+  from memjax.hrsa.diffusion import regions
+  c = _config("tiny")
+  c.model.write_slots = 0
+  c.task.length_curriculum = ((0, 96), (1000, 128))
+  task, system = loop.build(c)[:2]
+  params = system.init(jax.random.key(1))
+  b = next(iter(task.batches("train", 8, 0)))
+  assert (b["doc"] == ht.PAD).any()
+  rng = jax.random.key(2)
+  _, (metrics, _, _) = jax.jit(system.loss)(params, b, (), system.init_aux(), rng)
+
+  @jax.jit
+  def text_only(p, doc):
+    model = nnx.merge(system.graphdef, p)
+    memory, _ = model.ingest(doc, jax.random.split(rng, 3)[0])
+    s2 = c.model.slots[-1]
+    reg = regions(doc, s2, fill=-1)
+    logits = model.write_head(model.decoder.memory_tokens(memory)[:, -s2:], reg.shape[-1],
+                              model.embed)
+    nll = losses.token_nll(logits, jnp.maximum(reg, 0))
+    text = (reg >= 0) & (reg != ht.PAD)
+    return jnp.where(text, nll, 0.0).sum() / text.sum()
+
+  want = float(text_only(params, jnp.asarray(b["doc"])))
+  assert float(metrics["loss_write"]) == pytest.approx(want, rel=1e-5)
