@@ -36,8 +36,10 @@ same, chance 0.031), delta_zero 1.000, the supervised attention at ln 11 (BUILD_
 PAD-filled documents of growing length, the slot count fixed) keeps the attention's lock from
 128 to 512 tokens at batch 32; with PAD left out of the write loss and the 128-token stage
 to step 2,600, 512-token documents (64 M2 slots, 32-token tail, retrieval only) reach EM
-beyond 0.996 (zeroed 0.023, shuffled 0.051), inside 0.902, adversarial 0.957 in ~50 min
-(2026-12-04, BUILD_NOTES.md, "Where the answer was lost").
+beyond 0.996 (zeroed 0.023, shuffled 0.051), inside 0.902, adversarial 0.957 in ~50 min;
+continued 1,200 steps with this config's 128-token tail and 80/20 mix (512 tokens): EM beyond
+1.000, inside 0.605, LM loss 1.074x the reference's (2026-12-04, BUILD_NOTES.md, "Where the
+answer was lost").
 """
 import importlib.util
 import os
