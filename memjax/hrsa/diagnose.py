@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from memjax.hrsa.diffusion import regions
+from memjax.hrsa.diffusion import region_len
 from memjax.hrsa.model import DecodeControl
-
-KEYS = ("holds", "attends", "answers")
 
 
 def fact_slot(src_start_B: jax.Array, doc_len: int, slots: int):
   """(slot index, offset in its region) of each fact starting at `src_start`."""
-  r = -(-doc_len // slots)
+  r = region_len(doc_len, slots)
   return src_start_B // r, src_start_B % r
 
 
@@ -46,8 +45,8 @@ def read_path(graphdef, params, batch) -> dict[str, jax.Array]:
   b = jnp.arange(doc.shape[0])
   dec_BxS = aux["mem_probs"][-1][:, :, -1, -s2:].mean(1)
   own_BxD = model.decoder.memory_tokens(memory)[:, -s2:][b, slot]
-  span = regions(doc, s2).shape[2]
-  rebuilt_BxRxV = model.write_head(own_BxD[:, None], span, model.embed)[:, 0]
+  rebuilt_BxRxV = model.write_head(own_BxD[:, None], region_len(doc.shape[1], s2),
+                                   model.embed)[:, 0]
   value_logits = rebuilt_BxRxV[b, off + 3]
   return {"holds": jnp.argmax(value_logits, -1) == batch["answer"],
           "attends": jnp.argmax(dec_BxS, -1) == slot,
@@ -55,14 +54,13 @@ def read_path(graphdef, params, batch) -> dict[str, jax.Array]:
           "mass": dec_BxS[b, slot]}
 
 
-def summarise(rows: dict[str, jax.Array], keep: jax.Array) -> dict[str, float]:
-  """Rates over the kept examples, and the conditional ones that locate the loss."""
-  f = lambda x: jnp.asarray(x, jnp.float32)
-  k = f(keep)
-  n = jnp.maximum(k.sum(), 1.0)
-  rate = lambda x, given=1.0: float((f(x) * k * given).sum() / jnp.maximum((k * given).sum(), 1.0))
-  both = f(rows["holds"]) * f(rows["attends"])
+def summarise(rows: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, float]:
+  """Rates over the kept examples (host arrays), and the conditional ones that locate the loss."""
+  k = np.asarray(keep, np.float64)
+  rate = lambda x, given=1.0: float((np.asarray(x, np.float64) * k * given).sum()
+                                    / max((k * given).sum(), 1.0))
+  both = np.asarray(rows["holds"], np.float64) * np.asarray(rows["attends"], np.float64)
   return {"holds": rate(rows["holds"]), "attends": rate(rows["attends"]),
-          "answers": rate(rows["answers"]), "mass": float((f(rows["mass"]) * k).sum() / n),
+          "answers": rate(rows["answers"]), "mass": rate(rows["mass"]),
           "answers_given_holds_and_attends": rate(rows["answers"], both),
           "holds_and_attends": rate(both)}

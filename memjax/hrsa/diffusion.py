@@ -47,10 +47,15 @@ def check_cascade(slots: Sequence[int]) -> None:
                        f"multiple of the one above ({b} is not a multiple of {a})")
 
 
+def region_len(n: int, slots: int) -> int:
+  """R: the tokens of the input each of `slots` slots reads (the last region PAD-filled)."""
+  return -(-n // slots)
+
+
 def regions(x_BxNx_, slots: int, fill=0):
-  """Pads the length N to slots * R (R = ceil(N / slots)) and splits it: BxSxRx..."""
+  """Pads the length N to slots * R (R = region_len(N, slots)) and splits it: BxSxRx..."""
   b, n = x_BxNx_.shape[:2]
-  r = -(-n // slots)
+  r = region_len(n, slots)
   pad = [(0, 0), (0, slots * r - n)] + [(0, 0)] * (x_BxNx_.ndim - 2)
   return jnp.pad(x_BxNx_, pad, constant_values=fill).reshape(b, slots, r, *x_BxNx_.shape[2:])
 
