@@ -302,6 +302,14 @@ def chance(source: str) -> float:
   return SYNTHETIC_CHANCE if source == "synthetic" else 0.0
 
 
+def chance_without_question(source: str) -> float:
+  """Guessing without even the question (a reader of [A_mode | STM] alone): uniform over every
+  attribute's values; 0 for open answers."""
+  if source != "synthetic":
+    return 0.0
+  return 1.0 / len({v for a in ATTRIBUTES.values() for v in a[2]})
+
+
 # --- metrics -----------------------------------------------------------------------------------
 
 def normalize_answer(s: str) -> str:

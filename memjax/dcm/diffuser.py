@@ -4,6 +4,8 @@
     content  = Diffuser(enc, noise)                          K slots, T denoise steps (lax.scan,
                                                              memjax.recurrence.denoise), each step
                                                              cross-attending to enc
+             (+ Pointer: with `copy`, each slot adds the frozen embeddings of the input tokens it
+              points at, so a value the Generator must say can be copied, not rebuilt)
     [BOS] [Q_mode | content] -> Generator -> question        trained end to end through the frozen
     [BOS] [A_mode | content] -> Generator -> answer          Generator (its params never move)
 
@@ -20,9 +22,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from memjax.core import losses
 from memjax.dcm import soft_prompt as sp
 from memjax.layers import Attention, CrossAttention, GatedMLP, RMSNorm
+from memjax.layers.attention import NEG_INF
 from memjax.recurrence import denoise as dn
 
 
@@ -35,6 +37,7 @@ class DiffuserConfig:
   steps: int = 4                 # T denoise steps
   sigma_max: float = 1.0
   schedule: str = "cosine"
+  copy: bool = False             # add a pointer read of the raw input embeddings to each slot
 
 
 class EncoderLayer(nnx.Module):
@@ -83,6 +86,8 @@ class Diffuser(nnx.Module):
     self.mlp = GatedMLP(c.dim, 2 * c.dim, rngs=rngs)
     self.out_norm = RMSNorm(c.dim)
     self.out = nnx.Linear(c.dim, out_dim, use_bias=False, rngs=rngs)
+    if c.copy:
+      self.pointer = Pointer(c.dim, rngs=rngs)
 
   def step(self, y_BxKxD, carry, sigma, enc_BxNxD, mask_BxN):
     """A clean estimate of the slots from noisy ones: read the encoder, then refine."""
@@ -92,7 +97,7 @@ class Diffuser(nnx.Module):
     x = read + self.sigma_proj(dn.sigma_embedding(sigma, self.c.dim))
     return read + self.mlp(self.mlp_norm(x + y_BxKxD * c_in)), carry, None
 
-  def __call__(self, enc_BxNxD, mask_BxN, key, *, unroll: bool = False):
+  def __call__(self, enc_BxNxD, mask_BxN, key, *, unroll: bool = False, embeds_BxNxE=None):
     b = enc_BxNxD.shape[0]
     c = self.c
     sigmas = dn.noise_schedule(c.steps, c.sigma_max, c.schedule)
@@ -100,7 +105,32 @@ class Diffuser(nnx.Module):
     y, _, _ = dn.denoise(lambda y, cr, s: self.step(y, cr, s, enc_BxNxD, mask_BxN), noise,
                          sigmas, unroll=unroll)
     # RMS-normed then scaled: the content sits at the scale of real token embeddings
-    return self.out(self.out_norm(y)) * self.out_scale
+    y = self.out_norm(y)
+    out = self.out(y) * self.out_scale
+    if c.copy:
+      if embeds_BxNxE is None:
+        raise ValueError("a copying Diffuser needs the input embeddings (embeds_BxNxE)")
+      out = out + self.pointer(y, enc_BxNxD, embeds_BxNxE, mask_BxN)
+    return out
+
+
+class Pointer(nnx.Module):
+  """Each slot points at input positions (keys: the encoder) and adds their raw embeddings.
+
+  The frozen Generator reads a copied token embedding as that token; a value the Generator must
+  say can then be copied into the STM instead of rebuilt through the D-wide projection.
+  """
+
+  def __init__(self, dim: int, *, rngs: nnx.Rngs):
+    self.q = nnx.Linear(dim, dim, use_bias=False, rngs=rngs)
+    self.k = nnx.Linear(dim, dim, use_bias=False, rngs=rngs)
+
+  def __call__(self, y_BxKxD, enc_BxNxD, embeds_BxNxE, mask_BxN):
+    q, k = self.q(y_BxKxD), self.k(enc_BxNxD)
+    scores = jnp.einsum("bkd,bnd->bkn", q, k).astype(jnp.float32) * q.shape[-1] ** -0.5
+    w = jax.nn.softmax(jnp.where(mask_BxN[:, None, :], scores, NEG_INF), axis=-1)
+    copied = jnp.einsum("bkn,bne->bke", w, embeds_BxNxE.astype(jnp.float32))
+    return copied.astype(embeds_BxNxE.dtype)
 
 
 class Writer(nnx.Module):
@@ -111,7 +141,8 @@ class Writer(nnx.Module):
     self.diffuser = Diffuser(in_dim, out_scale, c, rngs=rngs)
 
   def __call__(self, embeds_BxNxE, mask_BxN, key, *, unroll: bool = False):
-    return self.diffuser(self.encoder(embeds_BxNxE, mask_BxN), mask_BxN, key, unroll=unroll)
+    return self.diffuser(self.encoder(embeds_BxNxE, mask_BxN), mask_BxN, key, unroll=unroll,
+                         embeds_BxNxE=embeds_BxNxE)
 
 
 # --- training through the frozen Generator -----------------------------------------------------
@@ -122,10 +153,19 @@ class Trainer:
 
   batch: "input" B x N tokens (context + question), "input_mask" B x N, "targets" B x S x T
   (question, answer, EOS-terminated), "mask" B x S x T.
+  question_weight: the question's CE weight beside the answer's (1: their mean). At 0 the
+  question is not run at all and the batch may hold the answer alone (S = 1, see `answer_only`).
   """
   gen: sp.Generator
   writer_def: object
   tx: optax.GradientTransformation
+  question_weight: float = 1.0
+
+  @staticmethod
+  def answer_only(batch: dict, answer_len: int) -> dict:
+    """The answer part of a (stacked) batch, cut to `answer_len` target tokens."""
+    return dict(batch, targets=batch["targets"][..., 1:, :answer_len],
+                mask=batch["mask"][..., 1:, :answer_len])
 
   def content(self, wparams, gparams, batch, key):
     writer = nnx.merge(self.writer_def, wparams)
@@ -134,11 +174,16 @@ class Trainer:
 
   def loss(self, wparams, gparams, parts, batch, key):
     content = self.content(wparams, gparams, batch, key)
-    b = content.shape[0]
+    s = batch["targets"].shape[1]
+    if s == 1:        # the answer alone: [A_mode | content]
+      parts = parts.replace(modes_SxD=parts.modes_SxD[1:])
     _, ce_BxS = sp.batch_losses(self.gen.merge(gparams), parts, content[:, None],
-                                jnp.asarray(sp.STAGE_SOURCES["stage2"]), batch["targets"],
-                                batch["mask"])
-    return losses.masked_mean(ce_BxS, jnp.ones_like(ce_BxS)), ce_BxS.mean(0)
+                                jnp.zeros((s,), jnp.int32), batch["targets"], batch["mask"])
+    ce_S = ce_BxS.mean(0)
+    if s == 1:
+      return ce_S[0], ce_S
+    w = jnp.asarray([self.question_weight, 1.0])
+    return (ce_S * w).sum() / w.sum(), ce_S
 
   def steps(self, wparams, opt_state, gparams, parts, batches, key, step0):
     """len(batches) steps as one scan (batches stacked on a leading axis)."""

@@ -34,6 +34,8 @@ def validate(config) -> None:
                "diffuser.encoder_layers", "data.num_train", "data.num_test",
                "data.max_input_tokens", "train.steps_per_call")
   cfg.divides(config, "train.steps_per_call", "train.steps")
+  cfg.require(cfg.get(config, "train.question_weight") >= 0, "train.question_weight",
+              "must be >= 0")
   cfg.require(cfg.get(config, "diffuser.dim") % cfg.get(config, "diffuser.heads") == 0,
               "diffuser.heads", "must divide diffuser.dim")
 
@@ -87,18 +89,26 @@ def _data(examples, tokenizer, config) -> Data:
   return Data(examples, enc, ids, mask, phase1a.encode(examples, tokenizer, q_only))
 
 
+def longest_answer(enc: phase1a.Encoded) -> int:
+  """Target tokens of the longest answer, its EOS included (`target_len_NxS` leaves it out)."""
+  return int(enc.mask_NxSxT[:, 1].sum(-1).max())
+
+
 def train(runner: phase1a.Phase1a, trainer: df.Trainer, wparams, data: Data, config, log=print):
   t = config.train
   opt_state = trainer.tx.init(wparams)
   fn = jax.jit(trainer.steps)
   rng = np.random.default_rng(t.seed)
   n, b, k = len(data.examples), t.batch_size, t.steps_per_call
+  answer_len = longest_answer(data.enc)
   key = jax.random.key(t.seed)
   curve = []
   for call in range(t.steps // k):
     idx = rng.integers(0, n, (k, b))
     stacked = {name: np.stack([data.batch(i)[name] for i in idx])
                for name in ("input", "input_mask", "targets", "mask")}
+    if trainer.question_weight == 0:
+      stacked = trainer.answer_only(stacked, answer_len)
     t0 = time.time()
     wparams, opt_state, l, ce = fn(wparams, opt_state, runner.params, runner.parts, stacked, key,
                                    jnp.int32(call * k))
@@ -107,8 +117,8 @@ def train(runner: phase1a.Phase1a, trainer: df.Trainer, wparams, data: Data, con
       raise FloatingPointError(f"diffuser training: non-finite loss at step {call * k}")
     curve.append(l)
     if (call + 1) % max(1, t.log_every // k) == 0 or call == 0:
-      log(f"  step {(call + 1) * k}: loss {l.mean():.3f} (Q {ce[:, 0].mean():.3f}, "
-          f"A {ce[:, 1].mean():.3f}), {time.time() - t0:.1f}s")
+      parts = ", ".join(f"{p} {v:.3f}" for p, v in zip("QA"[-ce.shape[1]:], ce.mean(0)))
+      log(f"  step {(call + 1) * k}: loss {l.mean():.3f} ({parts}), {time.time() - t0:.1f}s")
   return wparams, np.concatenate(curve)
 
 
@@ -129,6 +139,8 @@ def measure(runner, trainer: df.Trainer, wparams, data: Data, config) -> dict:
   params = {"generator": runner.params, "parts": runner.parts, "writer": wparams}
   batches = [data.batch(idx, valid) for idx, valid in phase1a._batches(len(data.examples), b)]
   results = yardstick.evaluate(sysm, params, batches, qa.chance(config.data.source))
+  # [A_mode | STM] carries no question: zeroed, the Generator does not know which attribute
+  results["chance_without_question"] = qa.chance_without_question(config.data.source)
 
   # the question alone, as text (what the Generator knows without the context)
   q_batches = [dict(bt, oracle=data.question_only.oracle_NxSxP[bt["index"], 1],
@@ -180,13 +192,13 @@ def run(config, workdir: str, *, log=print) -> dict:
   d_train, d_test = (_data(x, loaded.tokenizer, config) for x in (train_ex, test_ex))
   c = config.diffuser
   dcfg = df.DiffuserConfig(c.slots, c.dim, c.heads, c.encoder_layers, c.steps, c.sigma_max,
-                           c.schedule)
+                           c.schedule, bool(c.copy))
   writer = df.Writer(runner.dim, runner.init_scale, dcfg, rngs=nnx.Rngs(config.train.seed))
   wdef, wparams = nnx.split(writer, nnx.Param)
   t = config.train
   sched = optax.warmup_cosine_decay_schedule(0.0, t.lr, t.warmup_steps, t.steps, t.lr * 0.1)
   tx = optax.chain(optax.clip_by_global_norm(t.clip_norm), optax.adamw(sched, weight_decay=t.weight_decay))
-  trainer = df.Trainer(runner.gen, wdef, tx)
+  trainer = df.Trainer(runner.gen, wdef, tx, float(t.question_weight))
   log(f"diffuser: {len(train_ex)} training / {len(test_ex)} held-out examples, K={c.slots}, "
       f"T={c.steps}, {t.steps} steps of {t.batch_size}, model {loaded.name}")
   t0 = time.time()

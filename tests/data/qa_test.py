@@ -29,6 +29,14 @@ def test_chance_and_metrics():
   assert qa.token_f1("", "") == 1.0
 
 
+def test_chance_without_the_question_is_one_over_every_answer_there_is():
+  answers = {e.answer for e in qa.synthetic_qa(2000, seed=0)}
+  assert len(answers) == 48                                # six attributes x eight values
+  assert qa.chance_without_question("synthetic") == pytest.approx(1 / len(answers))
+  assert qa.chance_without_question("synthetic") < qa.chance("synthetic")
+  assert qa.chance_without_question("squad_v2") == 0.0
+
+
 def test_squad_absent_gives_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match=r"^data.data_dir: SQuAD 2.0 .* not prepared"):
     qa.squad_v2(3, data_dir=str(tmp_path))
