@@ -29,12 +29,12 @@ def get_config(arg: str | None = None):
   c.data.max_input_tokens = 64     # the writer reads "{context}\nQuestion: {question}"
   c.diffuser = dict(slots=8, dim=256, heads=4, encoder_layers=2, steps=4, sigma_max=1.0,
                     schedule="cosine", copy=True)
+  c.targets.question_weight = 1.0  # the question's CE beside the answer's; 0 trains the answer alone
   c.train.steps = 400
   c.train.batch_size = 8
   c.train.lr = 1e-3
   c.train.warmup_steps = 20
   c.train.weight_decay = 0.0
-  c.train.question_weight = 1.0    # the question's CE beside the answer's; 0 trains the answer alone
   c.train.steps_per_call = 10      # steps scanned inside one jitted call
   c.train.log_every = 50
   c.train.eval_batch_size = 16

@@ -34,7 +34,7 @@ def validate(config) -> None:
                "diffuser.encoder_layers", "data.num_train", "data.num_test",
                "data.max_input_tokens", "train.steps_per_call")
   cfg.divides(config, "train.steps_per_call", "train.steps")
-  cfg.require(cfg.get(config, "train.question_weight") >= 0, "train.question_weight",
+  cfg.require(cfg.get(config, "targets.question_weight") >= 0, "targets.question_weight",
               "must be >= 0")
   cfg.require(cfg.get(config, "diffuser.dim") % cfg.get(config, "diffuser.heads") == 0,
               "diffuser.heads", "must divide diffuser.dim")
@@ -198,7 +198,7 @@ def run(config, workdir: str, *, log=print) -> dict:
   t = config.train
   sched = optax.warmup_cosine_decay_schedule(0.0, t.lr, t.warmup_steps, t.steps, t.lr * 0.1)
   tx = optax.chain(optax.clip_by_global_norm(t.clip_norm), optax.adamw(sched, weight_decay=t.weight_decay))
-  trainer = df.Trainer(runner.gen, wdef, tx, float(t.question_weight))
+  trainer = df.Trainer(runner.gen, wdef, tx, float(config.targets.question_weight))
   log(f"diffuser: {len(train_ex)} training / {len(test_ex)} held-out examples, K={c.slots}, "
       f"T={c.steps}, {t.steps} steps of {t.batch_size}, model {loaded.name}")
   t0 = time.time()

@@ -45,10 +45,10 @@ def test_tiny_run_writes_the_yardstick_and_the_cost_table(tmp_path):
 def test_a_negative_question_weight_exits_2_with_one_line(tmp_path):
   p = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "dcm_diffuser.py"),
                       f"--config={os.path.join(ROOT, 'configs', 'dcm_diffuser.py')}:tiny",
-                      f"--workdir={tmp_path}", "--config.train.question_weight=-1"],
+                      f"--workdir={tmp_path}", "--config.targets.question_weight=-1"],
                      capture_output=True, text=True, timeout=120,
                      env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert p.returncode == 2, p.stderr
   lines = [l for l in p.stderr.splitlines() if l.strip() and not l.startswith(("I", "W"))]
-  assert lines == ["error: train.question_weight: must be >= 0"], p.stderr
+  assert lines == ["error: targets.question_weight: must be >= 0"], p.stderr
   assert not os.listdir(tmp_path)
