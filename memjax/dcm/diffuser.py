@@ -24,7 +24,7 @@ from flax import nnx
 
 from memjax.dcm import soft_prompt as sp
 from memjax.layers import Attention, CrossAttention, GatedMLP, RMSNorm
-from memjax.layers.attention import NEG_INF
+from memjax.layers.attention import attend
 from memjax.recurrence import denoise as dn
 
 
@@ -126,10 +126,9 @@ class Pointer(nnx.Module):
     self.k = nnx.Linear(dim, dim, use_bias=False, rngs=rngs)
 
   def __call__(self, y_BxKxD, enc_BxNxD, embeds_BxNxE, mask_BxN):
-    q, k = self.q(y_BxKxD), self.k(enc_BxNxD)
-    scores = jnp.einsum("bkd,bnd->bkn", q, k).astype(jnp.float32) * q.shape[-1] ** -0.5
-    w = jax.nn.softmax(jnp.where(mask_BxN[:, None, :], scores, NEG_INF), axis=-1)
-    copied = jnp.einsum("bkn,bne->bke", w, embeds_BxNxE.astype(jnp.float32))
+    q, k = self.q(y_BxKxD)[:, :, None], self.k(enc_BxNxD)[:, :, None]      # one head
+    mask = jnp.broadcast_to(mask_BxN[:, None, :], (q.shape[0], q.shape[1], mask_BxN.shape[1]))
+    copied = attend(q, k, embeds_BxNxE.astype(jnp.float32)[:, :, None], mask)[:, :, 0]
     return copied.astype(embeds_BxNxE.dtype)
 
 

@@ -18,7 +18,8 @@ NEG_INF = -1e30  # finite so fully-masked rows give zeros, not NaN
 def attend(q_BxTxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,
            mask_BxTxS: jax.Array | None = None, *, scale: float | None = None,
            softcap: float | None = None) -> jax.Array:
-  """softmax(q k^T * scale) v with H/K query heads sharing each kv head; float32 softmax."""
+  """softmax(q k^T * scale) v with H/K query heads sharing each kv head; float32 softmax.
+  The values may be wider than the queries and keys (a pointer reading raw embeddings)."""
   b, t, h, d = q_BxTxHxD.shape
   kh = k_BxSxKxD.shape[2]
   if h % kh:
@@ -36,7 +37,7 @@ def attend(q_BxTxHxD: jax.Array, k_BxSxKxD: jax.Array, v_BxSxKxD: jax.Array,
     probs = jnp.where(mask_BxTxS[:, None, None].any(-1, keepdims=True), probs, 0.0)
   out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v_BxSxKxD.dtype), v_BxSxKxD,
                    preferred_element_type=jnp.float32)
-  return out.reshape(b, t, h, d).astype(q_BxTxHxD.dtype)
+  return out.reshape(b, t, h, v_BxSxKxD.shape[-1]).astype(q_BxTxHxD.dtype)
 
 
 def causal_mask(q_pos_BxT: jax.Array, k_pos_BxS: jax.Array, *,

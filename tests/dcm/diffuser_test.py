@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from memjax import pretrained
@@ -129,13 +130,8 @@ def test_pointer_adds_the_raw_embeddings_it_points_at():
 def test_copying_diffuser_without_embeddings_is_a_named_error():
   w = df.Writer(64, 1.0, COPY, rngs=nnx.Rngs(0))
   e, mask = _inputs()
-  enc = w.encoder(e, mask)
-  try:
-    w.diffuser(enc, mask, jax.random.key(0))
-  except ValueError as err:
-    assert "embeds_BxNxE" in str(err)
-  else:
-    raise AssertionError("no error")
+  with pytest.raises(ValueError, match="embeds_BxNxE"):
+    w.diffuser(w.encoder(e, mask), mask, jax.random.key(0))
 
 
 def test_question_weight_and_the_answer_alone():
