@@ -40,6 +40,23 @@ beyond 0.996 (zeroed 0.023, shuffled 0.051), inside 0.902, adversarial 0.957 in 
 continued 1,200 steps with this config's 128-token tail and 80/20 mix (512 tokens): EM beyond
 1.000, inside 0.605, LM loss 1.074x the reference's (2026-12-04, BUILD_NOTES.md, "Where the
 answer was lost").
+
+The recipe at 2,048 tokens, in two stages (`:lock`: probe C's curriculum 128 -> 512 -> 2,048
+active tokens, 32-token tail, retrieval only, batch 32, 3,500 steps; `:mix`: this regime at
+batch 32 and lr 2e-3, warm-started from it), then `:mix` again at lr 1e-3:
+
+  python experiments/train.py --config=configs/hrsa_bypass.py:lock --workdir=A
+  python experiments/train.py --config=configs/hrsa_bypass.py:mix --workdir=B \
+      --config.train.init_from=A
+  python experiments/train.py --config=configs/hrsa_bypass.py:mix --workdir=C \
+      --config.train.init_from=B --config.train.steps=1800 --config.train.lr=1e-3
+
+On one H200 (2026-12-04; jax 0.11.2; 159 + 106 + 138 s of training, ~13-23 steps/s; ~3-5 s a
+step on the 2-core CPU, hours there): after B, EM beyond 0.992 (zeroed 0.020, shuffled 0.031,
+chance 0.031), inside 0.762, adversarial 0.883, LM loss 1.174x the reference's; after C, EM
+beyond 1.000 (zeroed 0.020, shuffled 0.031), inside 0.828, adversarial 0.930, delta_zero
+beyond 165, LM loss 0.7862 vs 0.7501 (1.048x). Inside facts and the LM cost still miss the
+issue's 0.9 and 2%, and the issue's 30 CPU minutes are not met.
 """
 import importlib.util
 import os
@@ -63,7 +80,7 @@ hrsa_retrieval = _sibling("hrsa_retrieval")   # the model and task defaults this
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = cfg.variant(arg, ("", "tiny"))
+  arg = cfg.variant(arg, ("", "tiny", "lock", "mix"))
   c = ml_collections.ConfigDict()
   c.model = hrsa_retrieval.model_defaults()
   c.model.update(
@@ -89,6 +106,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train = cfg.train_defaults()
   c.train.update(steps=700, batch_size=8, lr=5e-3, warmup_steps=50, log_every=20,
                  steps_per_call=10, checkpoint_every=100, eval_batches=4, eval_batch_size=64)
+  if arg == "lock":  # the recipe's first stage: lock the read on retrieval-only batches
+    c.model.update(ctx=36, write_slots=0)
+    c.task.update(tail=32, copy_max=24, retrieval_warmup_steps=100_000,
+                  length_curriculum=((0, 128), (1977, 512), (2590, 2048)))
+    c.train.update(steps=3500, batch_size=32, checkpoint_every=200)
+  if arg == "mix":  # the second: this regime, warm-started (train.init_from) from `lock`
+    c.model.update(write_slots=0)
+    c.train.update(steps=900, batch_size=32, lr=2e-3, checkpoint_every=200)
   if arg == "tiny":  # tests: compiles and runs in seconds
     c.model.update(dim=32, heads=2, slots=(2, 4, 16), denoise_steps=2, dec_layers=1, ctx=36,
                    write_slots=4)

@@ -30,6 +30,25 @@ def test_full_config_is_the_issue_regime():
   assert c.model.slots[-1] * c.task.chunk == c.task.doc_len     # one M2 slot per chunk
 
 
+def test_recipe_stages_end_in_the_issue_regime_with_the_same_params():
+  """`:lock` trains on the full document by its last stage, `:mix` is the issue's regime, and
+  `mix` can warm-start from `lock` (train.init_from needs parameters of the same shapes)."""
+  lock, mix = _config("lock"), _config("mix")
+  for c in (lock, mix):
+    loop.validate(c)
+  assert lock.task.length_curriculum[-1][1] == lock.task.doc_len == mix.task.doc_len
+  full = _config(None)
+  assert mix.task.to_dict() == full.task.to_dict()
+  assert {k: v for k, v in mix.model.items() if k != "write_slots"} == \
+      {k: v for k, v in full.model.items() if k != "write_slots"}
+  shapes = []
+  for c in (lock, mix):
+    _, system, _ = loop.build(c)
+    shapes.append(jax.tree.map(lambda x: (x.shape, x.dtype),
+                               jax.eval_shape(system.init, jax.random.key(0))))
+  assert shapes[0] == shapes[1]
+
+
 @pytest.mark.slow   # ~1-2 min of CPU: compiles the train step and five eval functions
 def test_tiny_bypass_run_reports_beyond_inside_and_lm_reference(tmp_path):
   c = _config("tiny")
