@@ -4,8 +4,11 @@
       --variants=none,attn_sup --out=/tmp/hrsa_ablation.json
 
 Every variant trains from the same initial parameters on the same batches with one compiled
-step (memjax.hrsa.ablation); prints one table row per variant as it finishes and the table at
-the end; --out writes the rows and the per-step metric histories as JSON.
+step (memjax.hrsa.ablation); with `--config.train.init_from=W` that start is W's newest
+checkpoint (the remedies in the bypass mix, each from the same `:lock` model:
+`--config=configs/hrsa_bypass.py:mix --config.train.init_from=<:lock workdir>`). Prints one
+table row per variant as it finishes and the table at the end; --out writes the rows and the
+per-step metric histories as JSON.
 """
 import json
 

@@ -18,6 +18,7 @@ from memjax.core import tasks
 from memjax.core import yardstick
 from memjax.hrsa import remedies as remedies_lib
 from memjax.core.loop import init_state
+from memjax.core.loop import warm_start
 from memjax.core.optim import make_optimizer
 from memjax.core.step import make_multi_step
 from memjax.core.step import make_train_step
@@ -37,6 +38,16 @@ BYPASS_COLUMNS = ("variant", "accuracy_beyond", "accuracy_beyond_memory_zeroed",
 def _with_knobs(batch: dict, knobs: dict, lead: int | None = None) -> dict:
   shape = () if lead is None else (lead,)
   return dict(batch, knobs={k: np.full(shape, v, np.asarray(v).dtype) for k, v in knobs.items()})
+
+
+def start_state(config, system, tx):
+  """Every variant's first state: the fresh init, or with `train.init_from` the parameters of
+  that workdir's newest checkpoint (a curriculum's next stage, ablated from a common start)."""
+  state = init_state(config, system, tx)
+  t = config.train
+  if t.get("init_from"):
+    state = warm_start(state, t.init_from, t.get("init_skip", ()))
+  return state
 
 
 def run_ablation(config, variants=VARIANTS, *, steps: int | None = None, log=print):
@@ -64,7 +75,7 @@ def run_ablation(config, variants=VARIANTS, *, steps: int | None = None, log=pri
   for v in variants:
     rem = remedies_lib.parse([] if v == "none" else [v], knobs_cfg)
     kn = remedies_lib.knobs(rem, config.model.ctx)
-    state = init_state(config, system, tx)
+    state = start_state(config, system, tx)
     it = iter(task.batches("train", t.batch_size, t.seed))
     hist = []
     t0 = time.time()

@@ -23,3 +23,42 @@ def test_table_has_a_row_per_variant():
   table = hrsa_ablation.format_table(rows)
   assert all(f"| {v} | 0.500 |" in table for v in hrsa_ablation.VARIANTS)
   assert "n/a" in table   # columns a row lacks are shown, not dropped
+
+
+def test_every_variant_starts_at_the_init_from_checkpoint(tmp_path):
+  """With train.init_from the variants' common start is the source's parameters (not the fresh
+  init) and the step starts at 0; without it the start is the fresh init."""
+  import importlib.util
+  import os
+
+  import jax
+  import numpy as np
+
+  from memjax.core import checkpointing
+  from memjax.core import loop
+
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  spec = importlib.util.spec_from_file_location("hrsa_bypass_cfg",
+                                                os.path.join(root, "configs/hrsa_bypass.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  source_cfg = mod.get_config("tiny")
+  source_cfg.train.seed = 7                       # other params than seed 0's fresh init
+  _, system, tx = loop.build(source_cfg)
+  source = loop.init_state(source_cfg, system, tx)
+  checkpointing.save_config(str(tmp_path), source_cfg)
+  mngr = checkpointing.manager(str(tmp_path))
+  checkpointing.save(mngr, 40, source, {})
+  mngr.wait_until_finished()
+  mngr.close()
+
+  c = mod.get_config("tiny")
+  fresh = hrsa_ablation.start_state(c, system, tx)
+  c.train.init_from = str(tmp_path)
+  warm = hrsa_ablation.start_state(c, system, tx)
+  src, got, new = (jax.tree.leaves(s.params) for s in (source, warm, fresh))
+  assert len(src) == len(got) == len(new)
+  for a, b in zip(src, got):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, b) for a, b in zip(src, new))   # seed 7 != seed 0
+  assert int(warm.step) == 0
