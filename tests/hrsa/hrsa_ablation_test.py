@@ -1,4 +1,11 @@
-"""The ablation runner's learning-speed measure and table on hand-made histories."""
+"""The ablation runner's learning-speed measure and table on hand-made histories, and its
+common start."""
+import jax
+import numpy as np
+
+from configs import hrsa_bypass
+from memjax.core import checkpointing
+from memjax.core import loop
 from memjax.hrsa import ablation as hrsa_ablation
 
 
@@ -28,21 +35,7 @@ def test_table_has_a_row_per_variant():
 def test_every_variant_starts_at_the_init_from_checkpoint(tmp_path):
   """With train.init_from the variants' common start is the source's parameters (not the fresh
   init) and the step starts at 0; without it the start is the fresh init."""
-  import importlib.util
-  import os
-
-  import jax
-  import numpy as np
-
-  from memjax.core import checkpointing
-  from memjax.core import loop
-
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  spec = importlib.util.spec_from_file_location("hrsa_bypass_cfg",
-                                                os.path.join(root, "configs/hrsa_bypass.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  source_cfg = mod.get_config("tiny")
+  source_cfg = hrsa_bypass.get_config("tiny")
   source_cfg.train.seed = 7                       # other params than seed 0's fresh init
   _, system, tx = loop.build(source_cfg)
   source = loop.init_state(source_cfg, system, tx)
@@ -52,7 +45,7 @@ def test_every_variant_starts_at_the_init_from_checkpoint(tmp_path):
   mngr.wait_until_finished()
   mngr.close()
 
-  c = mod.get_config("tiny")
+  c = hrsa_bypass.get_config("tiny")
   fresh = hrsa_ablation.start_state(c, system, tx)
   c.train.init_from = str(tmp_path)
   warm = hrsa_ablation.start_state(c, system, tx)
