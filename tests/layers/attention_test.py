@@ -61,3 +61,34 @@ def test_window_mask_limits_lookback():
   pos = jnp.arange(6)[None]
   m = causal_mask(pos, pos, window=2)[0]
   assert m[5].tolist() == [False, False, False, False, True, True]
+
+
+def test_softmax_equals_jax_softmax_values_and_gradients():
+  """The einsum-backward softmax (issue 16) against jax.nn.softmax: values and gradients,
+  with masked (NEG_INF) entries and a fully masked row, under jit and vmap; and through
+  `attend`, whose gradients equal attention written with jax.nn.softmax."""
+  from memjax.layers.attention import NEG_INF, softmax
+  x = jax.random.normal(jax.random.key(0), (2, 3, 5, 7)) * 3
+  x = x.at[0, 1, 2, 3:].set(NEG_INF).at[1, 0, 4].set(NEG_INF)
+  g = jax.random.normal(jax.random.key(1), x.shape)
+  ref = lambda x: jax.nn.softmax(x, axis=-1)
+  np.testing.assert_allclose(softmax(x), ref(x), rtol=1e-6, atol=1e-7)
+  vjp = lambda f: jax.jit(lambda x, g: jax.vjp(f, x)[1](g)[0])
+  np.testing.assert_allclose(vjp(softmax)(x, g), vjp(ref)(x, g), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jax.vmap(vjp(softmax))(x, g), vjp(ref)(x, g), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(vjp(softmax)(x, g), 0.0)
+
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, 6, 4, 8)) for i in (2, 3, 4))
+  mask = causal_mask(jnp.broadcast_to(jnp.arange(6), (2, 6)), jnp.broadcast_to(jnp.arange(6), (2, 6)))
+  mask = mask.at[1, 2].set(False)   # a row with no visible key
+
+  def with_jax_softmax(q, k, v):
+    s = jnp.einsum("bthd,bshd->bhts", q, k) * 8 ** -0.5
+    p = jax.nn.softmax(jnp.where(mask[:, None], s, NEG_INF), axis=-1)
+    p = jnp.where(mask[:, None].any(-1, keepdims=True), p, 0.0)
+    return jnp.einsum("bhts,bshd->bthd", p, v)
+
+  loss = lambda f: jax.jit(jax.grad(lambda *a: (f(*a) ** 2).sum(), argnums=(0, 1, 2)))
+  ours = loss(lambda q, k, v: attend(q, k, v, mask))(q, k, v)
+  for a, b in zip(ours, loss(with_jax_softmax)(q, k, v)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
