@@ -12,15 +12,19 @@ reader) 1.000, memory zeroed 0.094, shuffled 0.094, discard 0.125 (chance 0.1; c
 digit 0.08-0.11); oracle (same LoRA reader, full prompt) 1.000, frozen oracle 0.938;
 memory_cosine 0.852; ridge probe of the asked digit 0.406. The lookup appears between steps
 ~160 and ~250 (training accuracy 0.34 at 165-180, 0.91 at 245-260). Again (seventh session,
-a machine 1.84x slower): 46 min 28 s, latent 0.953, zeroed 0.141, shuffled 0.125, oracle 0.984.
+a machine 1.84x slower): 46 min 28 s, latent 0.953, zeroed 0.141, shuffled 0.125, oracle 0.984;
+and (2026-12-04, a faster machine) 15 min 35 s, latent 0.891, zeroed 0.141, oracle 1.000.
 `:prose` from scratch does not learn (latent 0.203); started from a templated run,
   python experiments/train.py --config=configs/latentem_kv.py:prose \
       --config.train.init_from=/tmp/latentem --workdir=/tmp/latentem_prose
 reaches latent 0.719 held-out in 36 min 47 s (ablations 0.047; LoRA oracle 0.781): short of the
 templated 1.000. With `--config.task.holdout=keys` (eval keys never trained on, digits drawn
 per episode) the same command reaches latent 0.359 (oracle LoRA 0.719, ablations 0.078-0.094;
-65 min on a slower machine): worse, the lookup did not form in 400 steps. BUILD_NOTES.md,
-Latentem, sessions 2-8.
+65 min on a slower machine): worse, the lookup did not form in 400 steps. As a curriculum's
+last stage instead (templated 400 -> prose 800 -> `holdout=keys` 400, each `init_from` the one
+before, `"--config.train.init_skip=()"` after the first prose stage): latent 0.844 on held-out
+keys (ablations 0.047-0.125), above the LoRA reader's text oracle 0.719. BUILD_NOTES.md,
+Latentem, sessions 2-9.
 """
 import ml_collections
 
