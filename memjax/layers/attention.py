@@ -18,9 +18,9 @@ NEG_INF = -1e30  # finite so fully-masked rows give zeros, not NaN
 @jax.custom_vjp
 def softmax(x: jax.Array) -> jax.Array:
   """jax.nn.softmax over the last axis, whose backward takes the row sum sum(y * g) as a
-  contraction (einsum), not a reduce: XLA's CPU backend ran that reduce 3-6x slower than the
-  whole einsum form (THEN's step: 0.70 ms -> 0.11 ms for its [96,1,1,32,96] scores; BUILD_NOTES
-  issue 16). The same values and gradients, within float rounding. Reverse mode only."""
+  contraction (einsum), not a reduce: XLA's CPU backend ran that reduce so slowly that the whole
+  backward took 3-6x as long (0.27 -> 0.05 ms on THEN's [32,1,1,32,96] scores; BUILD_NOTES
+  issue 16). The same values; gradients within float rounding. Reverse mode only."""
   return jax.nn.softmax(x, axis=-1)
 
 
@@ -114,10 +114,9 @@ class Attention(nnx.Module):
   def qkv(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, rope_theta: float | None = None):
     """Projected (and normed, rotated) q, k, v: BxTxHxD, BxTxKxD, BxTxKxD."""
     b, t, _ = x_BxTxD.shape
-    q, k, v = self.q(x_BxTxD), self.k(x_BxTxD), self.v(x_BxTxD)
-    q = q.reshape(b, t, self.num_heads, self.head_dim)
-    k = k.reshape(b, t, self.num_kv_heads, self.head_dim)
-    v = v.reshape(b, t, self.num_kv_heads, self.head_dim)
+    q = self.q(x_BxTxD).reshape(b, t, self.num_heads, self.head_dim)
+    k = self.k(x_BxTxD).reshape(b, t, self.num_kv_heads, self.head_dim)
+    v = self.v(x_BxTxD).reshape(b, t, self.num_kv_heads, self.head_dim)
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
     theta = self.rope_theta if rope_theta is None else rope_theta
