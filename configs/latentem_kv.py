@@ -19,8 +19,8 @@ the LoRA reader's reading of text (oracle loss at chance from step ~45).
 (templated -> prose 400 -> prose 400 more -> `holdout=keys` 400, each `init_from` the one
 before, `"--config.train.init_skip=()"` after the first prose stage; eval keys never trained
 on, digits drawn per episode), the last stage reads held-out keys at 0.867 (256 episodes; 0.562
-and 0.387 at budgets 96 and 128), above the LoRA reader's text oracle 0.785 (stages 40, 25 and
-24 min here; ablations 0.082-0.086):
+and 0.387 at budgets 96 and 128), above the LoRA reader's text oracle 0.785 (stages 40 min
+beside CI, 25 and 24 min alone here; ablations 0.082-0.086):
   python experiments/train.py --config=configs/latentem_kv.py:prose \
       --config.train.init_from=/tmp/latentem --workdir=/tmp/p1
   python experiments/train.py --config=configs/latentem_kv.py:prose \
@@ -69,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.update(aux_losses=("slots", "binding", "kv_distill"), kv_layers=(5, 11))
   if "prose" in args:
     c.task.update(variant="prose", removed_tokens=160)
-    # Each curriculum stage below (see the docstring) is 400 steps: the recipe as measured.
+    # Each curriculum stage (the docstring's commands) is 400 steps: the recipe as measured.
     c.train.steps = 400
     # With --config.train.init_from=<a templated workdir>, every parameter but the two sized by
     # removed_tokens (the compressor's position embedding and pool bias) starts from that run.
