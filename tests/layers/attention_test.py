@@ -5,6 +5,7 @@ import numpy as np
 from flax import nnx
 
 from memjax.layers import Attention, KVCache, attend, causal_mask
+from memjax.layers.attention import NEG_INF, softmax
 
 
 def test_grouped_heads_equal_repeated_kv_heads():
@@ -67,7 +68,6 @@ def test_softmax_equals_jax_softmax_values_and_gradients():
   """The einsum-backward softmax (issue 16) against jax.nn.softmax: values and gradients,
   with masked (NEG_INF) entries and a fully masked row, under jit and vmap; and through
   `attend`, whose gradients equal attention written with jax.nn.softmax."""
-  from memjax.layers.attention import NEG_INF, softmax
   x = jax.random.normal(jax.random.key(0), (2, 3, 5, 7)) * 3
   x = x.at[0, 1, 2, 3:].set(NEG_INF).at[1, 0, 4].set(NEG_INF)
   g = jax.random.normal(jax.random.key(1), x.shape)
