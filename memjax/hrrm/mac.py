@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memjax.core.precision import follow_inputs
-from memjax.layers import RMSNorm
+from memjax.layers import RMSNorm, dense
 from memjax.hrrm import titans
 from memjax.recurrence.hrm import Stack
 
@@ -67,14 +67,14 @@ class MACLM(nnx.Module):
     self.blocks = Stack(num_layers, d_model, num_heads, d_ff, mlp=mlp, rope_theta=rope_theta,
                         rngs=rngs)
     kw = dict(use_bias=False, rngs=rngs)
-    self.mem_q = nnx.Linear(d_model, mem_dim, **kw)
-    self.mem_k = nnx.Linear(d_model, mem_dim, **kw)
-    self.mem_v = nnx.Linear(d_model, mem_dim, **kw)
-    self.mem_o = nnx.Linear(mem_dim, d_model, **kw)
+    self.mem_q = dense.Linear(d_model, mem_dim, **kw)
+    self.mem_k = dense.Linear(d_model, mem_dim, **kw)
+    self.mem_v = dense.Linear(d_model, mem_dim, **kw)
+    self.mem_o = dense.Linear(mem_dim, d_model, **kw)
     # Titans: a depthwise causal convolution after the q, k, v projections (kernel `conv`).
     ident = lambda: nnx.Param(jnp.zeros((conv, mem_dim)).at[-1].set(1.0)) if conv > 1 else None
     self.conv_q, self.conv_k, self.conv_v = ident(), ident(), ident()
-    self.gates = nnx.Linear(d_model, 3, kernel_init=nnx.initializers.zeros,
+    self.gates = dense.Linear(d_model, 3, kernel_init=nnx.initializers.zeros,
                             bias_init=nnx.initializers.zeros, rngs=rngs)
     dims = [mem_dim] + [mem_slots] * (mem_depth - 1) + [mem_dim]
     self.mem_init = nnx.List([nnx.Param(nnx.initializers.lecun_normal()(

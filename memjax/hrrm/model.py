@@ -23,6 +23,7 @@ from flax import nnx
 
 from memjax.core.precision import follow_inputs
 from memjax.core import config as cfg
+from memjax.layers import dense
 from memjax.hrrm.tasks import CONTROL_TOKENS
 from memjax.recurrence.hrm import HRMCarry
 from memjax.recurrence.hrm import HRMCore
@@ -47,9 +48,9 @@ class HRMLM(nnx.Module):
                 if learned_pos else None)
     self.core = HRMCore(d_model, num_heads, d_ff, h_layers=h_layers, l_layers=l_layers, mlp=mlp,
                         rope_theta=rope_theta, rngs=rngs)
-    self.q_head = nnx.Linear(d_model, 2, bias_init=nnx.initializers.constant(-5.0),
+    self.q_head = dense.Linear(d_model, 2, bias_init=nnx.initializers.constant(-5.0),
                              rngs=rngs) if act else None
-    self.ctrl_head = nnx.Linear(d_model, controller_classes, rngs=rngs) \
+    self.ctrl_head = dense.Linear(d_model, controller_classes, rngs=rngs) \
         if controller_classes else None
 
   def input_embedding(self, tokens_BxT):

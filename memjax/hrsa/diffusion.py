@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from memjax.layers import CrossAttention, GatedMLP, RMSNorm, rms_norm
+from memjax.layers import CrossAttention, GatedMLP, RMSNorm, dense, rms_norm
 from memjax.layers.attention import NEG_INF
 from memjax.recurrence import trm
 from memjax.recurrence.denoise import SCHEDULES, noise_schedule, sigma_embedding  # noqa: F401
@@ -68,14 +68,16 @@ class DenoiseLevel(nnx.Module):
     self.slots, self.dim, self.heads, self.local_read = slots, dim, heads, local_read
     self.slot_embed = nnx.Param(jax.random.normal(rngs.params(), (slots, dim)) * 0.5)
     self.read_norm = RMSNorm(dim)
-    self.read = CrossAttention(dim, dim, heads, rngs=rngs)
+    self.read = CrossAttention(dim, dim, heads, rngs=rngs, dot_general=dense.dot_general)
     self.cond_norm = RMSNorm(dim) if conditioned else None
-    self.cond = CrossAttention(dim, dim, heads, rngs=rngs) if conditioned else None
-    self.sigma_proj = nnx.Linear(dim, dim, use_bias=False, rngs=rngs)
+    self.cond = CrossAttention(dim, dim, heads, rngs=rngs, dot_general=dense.dot_general) if conditioned else None
+    self.sigma_proj = dense.Linear(dim, dim, use_bias=False, rngs=rngs)
     self.net_norm = RMSNorm(dim)
-    self.net = GatedMLP(dim, 2 * dim, feature_major=True, rngs=rngs)
+    self.net = GatedMLP(dim, 2 * dim, fuse_gate_up=True, rngs=rngs,
+                        dot_general=dense.dot_general)
     self.head_norm = RMSNorm(dim)
-    self.head = GatedMLP(dim, 2 * dim, feature_major=True, rngs=rngs)
+    self.head = GatedMLP(dim, 2 * dim, fuse_gate_up=True, rngs=rngs,
+                        dot_general=dense.dot_general)
 
   def read_regions(self, q_BxSxD, enc_BxNxD, enc_mask_BxN):
     """Slot i attends only to region i of the input (N / S tokens): O(N) and slot-addressed.

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memjax.core.scan import scan
-from memjax.layers import Attention, GatedMLP, RMSNorm, feature_major
+from memjax.layers import Attention, GatedMLP, RMSNorm, dense
 
 
 # --------------------------------------------------------------------------- blocks
@@ -34,13 +34,11 @@ class MLP(nnx.Module):
   """Two-matrix feed-forward: down(gelu(up(x))) (GPT-2 style)."""
 
   def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs):
-    self.up = nnx.Linear(dim, hidden, use_bias=False, rngs=rngs)
-    self.down = nnx.Linear(hidden, dim, use_bias=False, rngs=rngs)
+    self.up = dense.Linear(dim, hidden, use_bias=False, rngs=rngs)
+    self.down = dense.Linear(hidden, dim, use_bias=False, rngs=rngs)
 
   def __call__(self, x):
-    # Feature-major (memjax.layers.mlp.feature_major): Titans 24%, HRM 9% of the step faster
-    # on the 2-core CPU (BUILD_NOTES issue 16). Same parameters and values as down(gelu(up(x))).
-    return feature_major(x, lambda into: jax.nn.gelu(into(self.up), approximate=True), self.down)
+    return self.down(jax.nn.gelu(self.up(x), approximate=True))
 
 
 class Block(nnx.Module):
@@ -53,11 +51,12 @@ class Block(nnx.Module):
                rope_theta: float = 10_000.0, rngs: nnx.Rngs):
     if dim % num_heads:
       raise ValueError(f"d_model {dim} is not divisible by num_heads {num_heads}")
-    self.attn = Attention(dim, num_heads, rope_theta=rope_theta, rngs=rngs)
+    self.attn = Attention(dim, num_heads, rope_theta=rope_theta, rngs=rngs, dot_general=dense.dot_general)
     if mlp == "gelu":
       self.mlp = MLP(dim, d_ff, rngs=rngs)
     elif mlp == "swiglu":
-      self.mlp = GatedMLP(dim, d_ff, act="silu", rngs=rngs)
+      self.mlp = GatedMLP(dim, d_ff, act="silu", fuse_gate_up=True, rngs=rngs,
+                          dot_general=dense.dot_general)
     else:
       raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {mlp!r}")
     self.norm1 = RMSNorm(dim)

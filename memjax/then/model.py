@@ -21,6 +21,7 @@ from flax import nnx
 from memjax.core.precision import follow_inputs
 from memjax.layers.remat import remat
 from memjax.core import config as cfg
+from memjax.layers import dense
 from memjax.layers import Attention, GatedMLP, RMSNorm, TokenShift, attend, causal_mask
 from memjax.then import traces as traces_lib
 from memjax.core import tbptt
@@ -69,7 +70,8 @@ class HybridTHENAttention(nnx.Module):
   """One softmax over [memory traces | causal segment prefix]; no positions on traces."""
 
   def __init__(self, dim: int, heads: int, kv_heads: int, *, rngs: nnx.Rngs):
-    self.attn = Attention(dim, heads, kv_heads, rope_theta=None, rngs=rngs)
+    self.attn = Attention(dim, heads, kv_heads, rope_theta=None, rngs=rngs,
+                          dot_general=dense.dot_general)
 
   def __call__(self, x_BxSxD, mem_k_BxCxKxD, mem_v_BxCxKxD, valid_BxC, *, read: bool = True):
     b, s, _ = x_BxSxD.shape
@@ -90,7 +92,7 @@ class Block(nnx.Module):
     self.norm1 = RMSNorm(dim)
     self.attn = HybridTHENAttention(dim, heads, kv_heads, rngs=rngs)
     self.norm2 = RMSNorm(dim)
-    self.mlp = GatedMLP(dim, hidden, feature_major=True, rngs=rngs)
+    self.mlp = GatedMLP(dim, hidden, fuse_gate_up=True, rngs=rngs, dot_general=dense.dot_general)
 
   def __call__(self, x, mem_k, mem_v, valid, *, read: bool):
     h, k, v = self.attn(self.norm1(x), mem_k, mem_v, valid, read=read)
@@ -105,7 +107,8 @@ class ThenLM(nnx.Module):
     self.blocks = nnx.List([Block(m.dim, m.heads, m.kv_heads, m.mlp_ratio * m.dim, rngs=rngs)
                             for _ in range(m.layers)])
     self.norm = RMSNorm(m.dim)
-    self.head = nnx.Linear(m.dim, vocab, use_bias=False, rngs=rngs)
+    self.head = nnx.Linear(m.dim, vocab, use_bias=False, rngs=rngs,
+                           dot_general=dense.dot_general)
     self.remat = m.remat
 
   def __call__(self, tokens_BxS, state: ThenState, *, read: bool = True,

@@ -1,12 +1,12 @@
-"""GatedMLP: token-blocked application equals applying it at once; the feature-major layout
-equals the token-major one."""
+"""GatedMLP: token-blocked application equals applying it at once; the fused gate/up matmul
+(with either dot_general) equals the plain form."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from memjax.layers import GatedMLP, blockwise
+from memjax.layers import GatedMLP, blockwise, dense
 
 
 @pytest.mark.parametrize("n, block", [(45, 8), (64, 16), (10, 16), (10, 0)])
@@ -27,10 +27,12 @@ def test_blockwise_equals_direct_forward_and_grads(n, block):
 
 @pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_feature_major_equals_token_major_forward_and_grad(act, dtype):
-  """GatedMLP(feature_major=True) (issue 16): the same parameters, values and gradients."""
+@pytest.mark.parametrize("dot_general", [None, dense.dot_general])
+def test_fused_gate_up_equals_plain_forward_and_grad(act, dtype, dot_general):
+  """GatedMLP(fuse_gate_up=True) (issue 16), with lax's or memjax.layers.dense's dot_general:
+  the same parameters, values and gradients as the plain form."""
   a = GatedMLP(8, 12, act=act, rngs=nnx.Rngs(0))
-  b = GatedMLP(8, 12, act=act, feature_major=True, rngs=nnx.Rngs(0))
+  b = GatedMLP(8, 12, act=act, rngs=nnx.Rngs(0), fuse_gate_up=True, dot_general=dot_general)
   ga, pa = nnx.split(a, nnx.Param)
   gb, pb = nnx.split(b, nnx.Param)
   assert jax.tree.structure(pa) == jax.tree.structure(pb)
@@ -49,3 +51,8 @@ def test_feature_major_equals_token_major_forward_and_grad(act, dtype):
   np.testing.assert_allclose(np.float32(dxb), np.float32(dxa), **tol)
   for u, v in zip(jax.tree.leaves(dpb), jax.tree.leaves(dpa)):
     np.testing.assert_allclose(np.float32(u), np.float32(v), **tol)
+
+
+def test_fused_gate_up_rejects_bias():
+  with pytest.raises(ValueError, match="no bias"):
+    GatedMLP(8, 12, use_bias=True, fuse_gate_up=True, rngs=nnx.Rngs(0))
