@@ -75,7 +75,7 @@ class MACLM(nnx.Module):
     ident = lambda: nnx.Param(jnp.zeros((conv, mem_dim)).at[-1].set(1.0)) if conv > 1 else None
     self.conv_q, self.conv_k, self.conv_v = ident(), ident(), ident()
     self.gates = dense.Linear(d_model, 3, kernel_init=nnx.initializers.zeros,
-                            bias_init=nnx.initializers.zeros, rngs=rngs)
+                              bias_init=nnx.initializers.zeros, rngs=rngs)
     dims = [mem_dim] + [mem_slots] * (mem_depth - 1) + [mem_dim]
     self.mem_init = nnx.List([nnx.Param(nnx.initializers.lecun_normal()(
         rngs.params(), (a, b))) for a, b in zip(dims[:-1], dims[1:])])

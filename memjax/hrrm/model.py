@@ -49,7 +49,7 @@ class HRMLM(nnx.Module):
     self.core = HRMCore(d_model, num_heads, d_ff, h_layers=h_layers, l_layers=l_layers, mlp=mlp,
                         rope_theta=rope_theta, rngs=rngs)
     self.q_head = dense.Linear(d_model, 2, bias_init=nnx.initializers.constant(-5.0),
-                             rngs=rngs) if act else None
+                               rngs=rngs) if act else None
     self.ctrl_head = dense.Linear(d_model, controller_classes, rngs=rngs) \
         if controller_classes else None
 

@@ -70,14 +70,15 @@ class DenoiseLevel(nnx.Module):
     self.read_norm = RMSNorm(dim)
     self.read = CrossAttention(dim, dim, heads, rngs=rngs, dot_general=dense.dot_general)
     self.cond_norm = RMSNorm(dim) if conditioned else None
-    self.cond = CrossAttention(dim, dim, heads, rngs=rngs, dot_general=dense.dot_general) if conditioned else None
+    self.cond = (CrossAttention(dim, dim, heads, rngs=rngs, dot_general=dense.dot_general)
+                 if conditioned else None)
     self.sigma_proj = dense.Linear(dim, dim, use_bias=False, rngs=rngs)
     self.net_norm = RMSNorm(dim)
     self.net = GatedMLP(dim, 2 * dim, fuse_gate_up=True, rngs=rngs,
                         dot_general=dense.dot_general)
     self.head_norm = RMSNorm(dim)
     self.head = GatedMLP(dim, 2 * dim, fuse_gate_up=True, rngs=rngs,
-                        dot_general=dense.dot_general)
+                         dot_general=dense.dot_general)
 
   def read_regions(self, q_BxSxD, enc_BxNxD, enc_mask_BxN):
     """Slot i attends only to region i of the input (N / S tokens): O(N) and slot-addressed.

@@ -24,7 +24,8 @@ from flax import nnx
 from memjax.core.precision import follow_inputs
 from memjax.layers.remat import remat
 from memjax.layers import (Attention, CrossAttention, GatedMLP, RMSNorm, attend, blockwise,
-                           dense, local_attention, local_mask)
+                           local_attention, local_mask)
+from memjax.layers import dense as dense_lib   # `dense` names the dense-attention switch here
 from memjax.hrsa.diffusion import DiffusionCascade, DiffusionMemory
 
 
@@ -81,7 +82,7 @@ class ShiftMix(nnx.Module):
     if width < 1:
       raise ValueError(f"shift width must be >= 1, got {width}")
     self.width, self.ahead = width, ahead
-    self.proj = (dense.Linear((width - 1) * dim, dim, use_bias=False, rngs=rngs)
+    self.proj = (dense_lib.Linear((width - 1) * dim, dim, use_bias=False, rngs=rngs)
                  if width > 1 else None)
 
   def __call__(self, x_BxTxD: jax.Array, window_B: jax.Array | None = None) -> jax.Array:
@@ -122,10 +123,10 @@ class EncoderBlock(nnx.Module):
   def __init__(self, cfg: HRSAConfig, rngs: nnx.Rngs):
     self.cfg = cfg
     self.norm1 = RMSNorm(cfg.dim)
-    self.attn = Attention(cfg.dim, cfg.heads, rngs=rngs, dot_general=dense.dot_general)
+    self.attn = Attention(cfg.dim, cfg.heads, rngs=rngs, dot_general=dense_lib.dot_general)
     self.norm2 = RMSNorm(cfg.dim)
     self.mlp = GatedMLP(cfg.dim, 4 * cfg.dim, fuse_gate_up=True, rngs=rngs,
-                        dot_general=dense.dot_general)
+                        dot_general=dense_lib.dot_general)
 
   def __call__(self, x_BxNxD, positions_BxN, *, dense: bool = False):
     q, k, v = self.attn.qkv(self.norm1(x_BxNxD), positions_BxN)
@@ -180,12 +181,13 @@ class DecodeControl:
 class DecoderBlock(nnx.Module):
   def __init__(self, cfg: HRSAConfig, rngs: nnx.Rngs):
     self.norm1 = RMSNorm(cfg.dim)
-    self.attn = Attention(cfg.dim, cfg.heads, rngs=rngs, dot_general=dense.dot_general)
+    self.attn = Attention(cfg.dim, cfg.heads, rngs=rngs, dot_general=dense_lib.dot_general)
     self.norm_x = RMSNorm(cfg.dim)
-    self.xattn = CrossAttention(cfg.dim, cfg.dim, cfg.heads, rngs=rngs, dot_general=dense.dot_general)
+    self.xattn = CrossAttention(cfg.dim, cfg.dim, cfg.heads, rngs=rngs,
+                                dot_general=dense_lib.dot_general)
     self.norm2 = RMSNorm(cfg.dim)
     self.mlp = GatedMLP(cfg.dim, 4 * cfg.dim, fuse_gate_up=True, rngs=rngs,
-                        dot_general=dense.dot_general)
+                        dot_general=dense_lib.dot_general)
 
   def __call__(self, x, mask_BxLxL, memory_BxSxD, stop_self_grad):
     s, _ = self.attn(self.norm1(x), mask_BxTxS=mask_BxLxL)
@@ -245,10 +247,10 @@ class WriteHead(nnx.Module):
 
   def __init__(self, dim: int, rngs: nnx.Rngs):
     self.dim = dim
-    self.pos = dense.Linear(dim, dim, use_bias=False, rngs=rngs)
+    self.pos = dense_lib.Linear(dim, dim, use_bias=False, rngs=rngs)
     self.norm = RMSNorm(dim)
     self.mlp = GatedMLP(dim, 4 * dim, fuse_gate_up=True, rngs=rngs,
-                        dot_general=dense.dot_general)
+                        dot_general=dense_lib.dot_general)
     self.out_norm = RMSNorm(dim)
 
   def __call__(self, slots_BxSxD: jax.Array, span: int, embed: nnx.Embed) -> jax.Array:

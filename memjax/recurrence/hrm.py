@@ -51,7 +51,8 @@ class Block(nnx.Module):
                rope_theta: float = 10_000.0, rngs: nnx.Rngs):
     if dim % num_heads:
       raise ValueError(f"d_model {dim} is not divisible by num_heads {num_heads}")
-    self.attn = Attention(dim, num_heads, rope_theta=rope_theta, rngs=rngs, dot_general=dense.dot_general)
+    self.attn = Attention(dim, num_heads, rope_theta=rope_theta, rngs=rngs,
+                          dot_general=dense.dot_general)
     if mlp == "gelu":
       self.mlp = MLP(dim, d_ff, rngs=rngs)
     elif mlp == "swiglu":
