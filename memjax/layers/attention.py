@@ -92,7 +92,8 @@ class Attention(nnx.Module):
                head_dim: int | None = None, *, qkv_bias: bool = False, qk_norm: bool = False,
                norm_plus_one: bool = False, norm_eps: float = 1e-6,
                rope_theta: float | None = 10_000.0, scale: float | None = None,
-               rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32, dot_general=None):
+               rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32,
+               dot_general=jax.lax.dot_general):
     """dot_general: the projections' (nnx.Linear's), e.g. memjax.layers.dense.dot_general."""
     num_kv_heads = num_kv_heads or num_heads
     head_dim = head_dim or dim // num_heads
@@ -101,9 +102,7 @@ class Attention(nnx.Module):
     self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
     self.rope_theta = rope_theta
     self.scale = scale
-    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    if dot_general is not None:
-      kw["dot_general"] = dot_general
+    kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype, dot_general=dot_general)
     self.q = nnx.Linear(dim, num_heads * head_dim, use_bias=qkv_bias, **kw)
     self.k = nnx.Linear(dim, num_kv_heads * head_dim, use_bias=qkv_bias, **kw)
     self.v = nnx.Linear(dim, num_kv_heads * head_dim, use_bias=qkv_bias, **kw)
@@ -166,12 +165,12 @@ class CrossAttention(nnx.Module):
   """Queries from x attend to a context (memory slots, encoder states); no positions."""
 
   def __init__(self, dim: int, context_dim: int, num_heads: int, head_dim: int | None = None, *,
-               rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32, dot_general=None):
+               rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32,
+               dot_general=jax.lax.dot_general):
     head_dim = head_dim or dim // num_heads
     self.num_heads, self.head_dim = num_heads, head_dim
-    kw = dict(use_bias=False, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    if dot_general is not None:
-      kw["dot_general"] = dot_general
+    kw = dict(use_bias=False, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+              dot_general=dot_general)
     self.q = nnx.Linear(dim, num_heads * head_dim, **kw)
     self.k = nnx.Linear(context_dim, num_heads * head_dim, **kw)
     self.v = nnx.Linear(context_dim, num_heads * head_dim, **kw)

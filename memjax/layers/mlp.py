@@ -15,7 +15,7 @@ class GatedMLP(nnx.Module):
 
   def __init__(self, dim: int, hidden: int, *, act: str = "silu", use_bias: bool = False,
                fuse_gate_up: bool = False, rngs: nnx.Rngs, dtype=None,
-               param_dtype=jnp.float32, dot_general=None):
+               param_dtype=jnp.float32, dot_general=jax.lax.dot_general):
     """fuse_gate_up: gate and up as one matmul over their kernels concatenated at use (the
     same parameters; one wider matmul instead of two: THEN's step 9-10% faster on the 2-core
     CPU, BUILD_NOTES issue 16); without bias only. dot_general: the Linears' (e.g.
@@ -26,9 +26,8 @@ class GatedMLP(nnx.Module):
       raise ValueError("a fuse_gate_up GatedMLP has no bias")
     self.act = act
     self.fuse_gate_up = fuse_gate_up
-    kw = dict(use_bias=use_bias, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    if dot_general is not None:
-      kw["dot_general"] = dot_general
+    kw = dict(use_bias=use_bias, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+              dot_general=dot_general)
     self.gate = nnx.Linear(dim, hidden, **kw)
     self.up = nnx.Linear(dim, hidden, **kw)
     self.down = nnx.Linear(hidden, dim, **kw)

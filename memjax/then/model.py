@@ -21,8 +21,8 @@ from flax import nnx
 from memjax.core.precision import follow_inputs
 from memjax.layers.remat import remat
 from memjax.core import config as cfg
-from memjax.layers import dense
-from memjax.layers import Attention, GatedMLP, RMSNorm, TokenShift, attend, causal_mask
+from memjax.layers import (Attention, GatedMLP, RMSNorm, TokenShift, attend, causal_mask,
+                           dense)
 from memjax.then import traces as traces_lib
 from memjax.core import tbptt
 
@@ -107,8 +107,7 @@ class ThenLM(nnx.Module):
     self.blocks = nnx.List([Block(m.dim, m.heads, m.kv_heads, m.mlp_ratio * m.dim, rngs=rngs)
                             for _ in range(m.layers)])
     self.norm = RMSNorm(m.dim)
-    self.head = nnx.Linear(m.dim, vocab, use_bias=False, rngs=rngs,
-                           dot_general=dense.dot_general)
+    self.head = dense.Linear(m.dim, vocab, use_bias=False, rngs=rngs)
     self.remat = m.remat
 
   def __call__(self, tokens_BxS, state: ThenState, *, read: bool = True,

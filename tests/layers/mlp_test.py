@@ -27,7 +27,7 @@ def test_blockwise_equals_direct_forward_and_grads(n, block):
 
 @pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("dot_general", [None, dense.dot_general])
+@pytest.mark.parametrize("dot_general", [jax.lax.dot_general, dense.dot_general])
 def test_fused_gate_up_equals_plain_forward_and_grad(act, dtype, dot_general):
   """GatedMLP(fuse_gate_up=True) (issue 16), with lax's or memjax.layers.dense's dot_general:
   the same parameters, values and gradients as the plain form."""
