@@ -52,12 +52,18 @@ _MATMUL = flags.DEFINE_integer("matmul", 2048, "Size of the reference float32 ma
 
 
 def then_gflop(config, system, state, batch):
-  """THEN's analytic count, the head on the segments with a scored position (as the loss)."""
+  """THEN's analytic count, the head where the loss applies it: the task's answer tail, or
+  (a task that does not say where its answers lie) the segments with a scored position."""
   del system, state
   s = config.model.segment_len or config.task.segment_len
+  task = tasks.make_task(config.task)
   ans = np.asarray(batch["answer"]) > 0
-  scored = float(ans.reshape(ans.shape[0], -1, s).any((0, 2)).mean())
-  vocab = tasks.make_task(config.task).vocab_size
+  tail = getattr(task, "answer_tail", None)
+  if tail:
+    scored = tail / ans.shape[1]
+  else:
+    scored = float(ans.reshape(ans.shape[0], -1, s).any((0, 2)).mean())
+  vocab = task.vocab_size
   per_token = then.flops_per_token(config.model, vocab, s, head_fraction=scored)
   return per_token * bench.tokens_per_step(batch) / 1e9, "analytic (then.flops_per_token)"
 

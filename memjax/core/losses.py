@@ -89,6 +89,18 @@ def scored_segments(head, h_BxTxD: jax.Array, targets_BxT: jax.Array, answer_BxT
   return (loss,) + answers_right(merge(hit), answer_BxT, max_answers)
 
 
+def scored_tail(head, h_BxTxD: jax.Array, targets_BxT: jax.Array, answer_BxT: jax.Array,
+                tail: int, max_answers: int):
+  """(answer_loss, correct, count) of `head(h)`'s logits for a task whose scored positions all
+  lie in the last `tail` positions (a recall task's question segment): the head runs on those
+  positions only, with no cond. Equal to scored_segments for such batches; a scored position
+  before the tail would be left out, so only a task that says so (`answer_tail`) takes it."""
+  logits = head(h_BxTxD[:, -tail:])
+  targets, answer = targets_BxT[:, -tail:], answer_BxT[:, -tail:]
+  return ((answer_loss(logits, targets, answer),)
+          + answer_accuracy(logits, targets, answer, max_answers))
+
+
 def exact_match(logits_BxV: jax.Array, answer_B: jax.Array, mask_B: jax.Array):
   """(correct, count) of one-token answers over the masked examples."""
   ok = (jnp.argmax(logits_BxV, -1) == answer_B) & mask_B

@@ -47,6 +47,13 @@ class SyntheticTask:
   def length(self) -> int:
     return self.segment_len * self.num_segments
 
+  @property
+  def answer_tail(self) -> int:
+    """Every scored target of a training batch lies in its last `answer_tail` positions: these
+    tasks ask in their last segment (a stream's chunks hold no answer but in the last one's
+    last segment). THEN's loss runs its head there only (memjax.core.losses.scored_tail)."""
+    return self.segment_len
+
   def example(self, rng: np.random.Generator, heldout: bool) -> dict[str, np.ndarray]:
     """One example from the held-out part of the problem space (heldout) or the training part
     (memjax.data.heldout): no eval example is, or asks for a fact of, any training example."""

@@ -18,8 +18,8 @@ class GatedMLP(nnx.Module):
                param_dtype=jnp.float32, dot_general=jax.lax.dot_general):
     """fuse_gate_up: gate and up as one matmul over their kernels concatenated at use (the
     same parameters; one wider matmul instead of two: THEN's step 9-10% faster on the 2-core
-    CPU, BUILD_NOTES issue 16); without bias only. dot_general: the Linears' (e.g.
-    memjax.layers.dense.dot_general)."""
+    CPU, BUILD_NOTES issue 16); without bias only. dot_general: gate's and up's (e.g.
+    memjax.layers.dense.dot_general); down always takes lax.dot_general."""
     if act not in ACTIVATIONS:
       raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {act!r}")
     if fuse_gate_up and use_bias:
@@ -30,7 +30,10 @@ class GatedMLP(nnx.Module):
               dot_general=dot_general)
     self.gate = nnx.Linear(dim, hidden, **kw)
     self.up = nnx.Linear(dim, hidden, **kw)
-    self.down = nnx.Linear(hidden, dim, **kw)
+    # Down's input is the activation product, which XLA's CPU backend fuses into autodiff's
+    # weight-gradient dot; dense's materialised transpose of it was slower (THEN 7.6 -> 7.2
+    # ms/step, HRSA-TRM 47 -> 43 ms; BUILD_NOTES issue 16, seventeenth session).
+    self.down = nnx.Linear(hidden, dim, **dict(kw, dot_general=jax.lax.dot_general))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     if self.fuse_gate_up:

@@ -266,8 +266,8 @@ class ThenModel:
 def flops_per_token(m, vocab_size: int, segment_len: int, head_fraction: float = 1.0) -> float:
   """Model FLOPs per trained token (forward + backward = 3x forward), counting matmuls
   and the attention the model computes: C traces plus the S-token segment per query. The
-  LM head counts on `head_fraction` of the tokens: the training loss applies it only to
-  segments holding a scored position (system.py; 1/3 of them in the recall task)."""
+  LM head counts on `head_fraction` of the tokens: the training loss applies it only where a
+  position can be scored (system.py; the last of 3 segments in the recall task)."""
   d, h = m.dim, m.mlp_ratio * m.dim
   kv = m.kv_heads * (m.dim // m.heads)
   proj = 2 * (2 * d * d + 2 * d * kv + 3 * d * h)

@@ -159,3 +159,27 @@ def test_shuffled_baseline_counts_what_the_partner_memory_holds():
   # Row 0 reads row 1's memory: key 9 bound to the right value (1), key 8 to another (0).
   # Row 1 reads row 0's: key 1 bound right (1), key 3 absent (chance).
   assert task.shuffled_baseline(batch) == pytest.approx((1 + 0 + 1 + task.chance) / 4)
+
+
+@pytest.mark.parametrize("klass,extreme", [
+    (recall.AssocRecall, dict(num_pairs=16, num_queries=16)),    # queries fill the segment
+    (recall.Passkey, dict(digits=30)),                            # digits + 2 = segment_len
+    (recall.KVRecall, dict(num_turns=8, num_queries=8)),
+])
+@pytest.mark.parametrize("chunk", ["whole", "segment", "all segments"])
+def test_answer_tail_holds_every_scored_target(klass, extreme, chunk):
+  """Every scored target of a training batch lies in its last `answer_tail` positions (THEN's
+  loss applies its head there only), for whole examples and for stream chunks, also when the
+  questions fill the last segment; the tail holds some scored target of each example."""
+  c = klass.defaults()
+  c.update(extreme)
+  c.stream_segments = {"whole": 0, "segment": 1, "all segments": c.num_segments}[chunk]
+  klass.validate(c)
+  task = klass(c)
+  it = iter(task.batches("train", 4, 0))
+  seen = 0
+  for _ in range(2 * (c.num_segments // c.stream_segments if c.stream_segments else 1)):
+    answer = next(it)["answer"]
+    assert not answer[:, :-task.answer_tail].any()
+    seen += int(answer[:, -task.answer_tail:].any(1).sum())
+  assert seen >= 8   # two passes over each example's chunks: 4 rows x 2 answered chunks

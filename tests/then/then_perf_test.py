@@ -9,6 +9,7 @@ from configs import then_recall
 from memjax.core import losses
 from memjax.core import tasks
 from memjax.core import tbptt
+from memjax.data.recall import AssocRecall
 from memjax.then import model as then
 from memjax.then import system as then_system
 from memjax.then import traces
@@ -114,14 +115,22 @@ def test_predicts_equals_argmax_with_ties():
   np.testing.assert_array_equal(losses.predicts(logits, targets), jnp.argmax(logits, -1) == targets)
 
 
-@pytest.mark.parametrize("scored", ["task", "every segment", "none"])
-def test_loss_with_head_on_scored_segments_equals_head_everywhere(scored):
-  """THEN's training loss applies the head only to segments holding a scored position: loss,
-  accuracy, carried memory and gradients equal the head over every position."""
+class _AnswersAnywhere(AssocRecall):
+  answer_tail = None   # says nothing of where its answers lie: THEN's loss takes a cond per segment
+
+
+@pytest.mark.parametrize("path,scored", [("tail", "task"), ("tail", "none"), ("cond", "task"),
+                                         ("cond", "every segment"), ("cond", "none")])
+def test_loss_with_head_on_scored_positions_equals_head_everywhere(path, scored):
+  """THEN's training loss applies the head only where a position can be scored: on the task's
+  answer tail (no cond), or, for a task that does not say, on segments holding a scored
+  position. Loss, accuracy, carried memory and gradients equal the head over every position."""
   c = then_recall.get_config("tiny")
-  task = tasks.make_task(c.task)
+  task = (tasks.make_task if path == "tail" else _AnswersAnywhere)(c.task)
   system = then_system.make_system(c, task)
   m, params, batch = _setup()
+  jaxpr = str(jax.make_jaxpr(system.loss)(params, batch, m.init_state(4), (), None))
+  assert ("cond[" in jaxpr) == (path == "cond")
   if scored == "every segment":   # an answer id in each segment, one spanning two segments
     a = np.array(batch["answer"])
     s = m.segment_len
