@@ -30,9 +30,9 @@ class GatedMLP(nnx.Module):
               dot_general=dot_general)
     self.gate = nnx.Linear(dim, hidden, **kw)
     self.up = nnx.Linear(dim, hidden, **kw)
-    # Down's input is the activation product, which XLA's CPU backend fuses into autodiff's
-    # weight-gradient dot; dense's materialised transpose of it was slower (THEN 7.6 -> 7.2
-    # ms/step, HRSA-TRM 47 -> 43 ms; BUILD_NOTES issue 16, seventeenth session).
+    # Down's input is the activation product: dense's transposed copy of it fuses with that
+    # product into a strided loop, slower on XLA's CPU backend than autodiff's own weight-
+    # gradient dot (BUILD_NOTES issue 16, seventeenth session).
     self.down = nnx.Linear(hidden, dim, **dict(kw, dot_general=jax.lax.dot_general))
 
   def __call__(self, x: jax.Array) -> jax.Array:

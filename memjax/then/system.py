@@ -22,8 +22,9 @@ def make_system(config, task) -> System:
     h, state = then.run(params, state, batch["inputs"],
                         truncate_every=config.model.truncate_every, head=False)
     # The head, its softmax and their gradient only where a position can be scored: the same
-    # loss, accuracy and gradients as over every position (issue 16). A task that says where
-    # (answer_tail) needs no cond per segment, which cost THEN's step 17%.
+    # loss, accuracy and gradients as over every position. A task that says where
+    # (answer_tail) needs no cond per segment: each cond made both CPU threads wait and wrote
+    # zeros for every residual of the segments it skipped (BUILD_NOTES issue 16).
     head = lambda h: then.logits(params, h)
     if tail:
       l, correct, count = losses.scored_tail(head, h, batch["targets"], batch["answer"], tail,

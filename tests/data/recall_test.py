@@ -183,3 +183,15 @@ def test_answer_tail_holds_every_scored_target(klass, extreme, chunk):
     assert not answer[:, :-task.answer_tail].any()
     seen += int(answer[:, -task.answer_tail:].any(1).sum())
   assert seen >= 8   # two passes over each example's chunks: 4 rows x 2 answered chunks
+
+
+def test_answer_tail_test_covers_every_recall_task():
+  """A SyntheticTask inherits answer_tail: each registered one is either checked above or one
+  segment long (its tail is the whole sequence, so the claim cannot leave an answer out)."""
+  tested = {recall.AssocRecall, recall.Passkey, recall.KVRecall}
+  for name in tasks.TASKS:
+    klass = tasks.task_class(name)
+    if not issubclass(klass, recall.SyntheticTask) or klass in tested:
+      continue
+    task = klass(klass.defaults())
+    assert task.num_segments == 1 and task.answer_tail == task.length, name
