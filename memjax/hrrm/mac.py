@@ -1,7 +1,8 @@
 """Memory as context (Titans MAC): a transformer whose attention window is one chunk,
 with the neural memory's retrieval and persistent tokens prepended to it.
 
-For each chunk of C tokens (lax.scan over chunks, memory state in the carry):
+For each chunk of C tokens (a scan over chunks, unrolled up to
+memjax.core.scan.UNROLL_UP_TO of them; the memory state in the carry):
 
     h   = W_o M(q(x))                      retrieval, one memory token per chunk position
     y   = blocks([persistent | h | x])     attention sees P + C + C tokens, nothing older
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from memjax.core import scan as scan_lib
 from memjax.core.precision import follow_inputs
 from memjax.layers import RMSNorm, dense
 from memjax.hrrm import titans
@@ -125,8 +127,9 @@ class MACLM(nnx.Module):
                             use_momentum=self.momentum, use_forget=self.forget)
     return self.embed.attend(self.norm(y)), state
 
-  def __call__(self, tokens_BxT, state: titans.TitansState):
-    """Returns (logits BxTxV, state after the last chunk)."""
+  def __call__(self, tokens_BxT, state: titans.TitansState, *, unroll: bool | None = None):
+    """Returns (logits BxTxV, state after the last chunk). `unroll`: None unrolls up to
+    UNROLL_UP_TO chunks and scans longer sequences; True / False force either (same numbers)."""
     b, t = tokens_BxT.shape
     if t % self.chunk:
       raise ValueError(f"sequence length {t} is not a multiple of chunk {self.chunk}")
@@ -138,5 +141,9 @@ class MACLM(nnx.Module):
       logits, state = self.chunk_step(state, tok, j * self.chunk)
       return state, logits
 
-    state, logits = jax.lax.scan(body, state, (chunks, jnp.arange(n)))
+    # Unrolled when short, like TBPTT's segments: the scanned backward slices and copies its
+    # saved activations per chunk (BUILD_NOTES issue 16); longer sequences stay a scan.
+    if unroll is None:
+      unroll = n <= scan_lib.UNROLL_UP_TO
+    state, logits = scan_lib.scan(body, state, (chunks, jnp.arange(n)), unroll=unroll)
     return jnp.moveaxis(logits, 0, 1).reshape(b, t, -1), state

@@ -106,3 +106,35 @@ def test_chunk_must_divide_length():
   with pytest.raises(ValueError, match="multiple of chunk"):
     titans.memorize(titans.init_state((jnp.zeros((D, D)),), B), k, v, theta,
                     jnp.zeros((B, 2)), jnp.zeros((B, 2)), chunk=2)
+
+
+def test_mac_unrolled_chunks_equal_the_scan():
+  """MAC's chunk loop, unrolled by default up to UNROLL_UP_TO chunks, equals the scan: logits,
+  the memory state after the last chunk, and the gradients of both."""
+  from configs import titans_recall  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from memjax.core import scan as scan_lib  # pylint: disable=g-import-not-at-top
+  from memjax.hrrm import model as hrrm_model  # pylint: disable=g-import-not-at-top
+  m = titans_recall.get_config("tiny").model
+  lm = hrrm_model.build(m, 20)
+  graphdef, params = nnx.split(lm, nnx.Param)
+  n = 3
+  assert n <= scan_lib.UNROLL_UP_TO
+  tokens = jax.random.randint(jax.random.key(0), (2, n * m.chunk), 0, 20)
+
+  def loss(params, unroll):
+    model = nnx.merge(graphdef, params)
+    logits, state = model(tokens, model.init_memory(2), unroll=unroll)
+    return (logits ** 2).mean() + sum((w ** 2).mean() for w in jax.tree.leaves(state)), (
+        logits, state)
+
+  g = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (l_scan, out_scan), g_scan = g(params, False)
+  (l_def, out_def), g_def = g(params, None)
+  assert f"unroll={n}" in str(jax.make_jaxpr(loss, static_argnums=1)(params, None))
+  assert "unroll=1" in str(jax.make_jaxpr(loss, static_argnums=1)(params, False))
+  np.testing.assert_allclose(l_def, l_scan, rtol=1e-6)
+  # The two loops sum in different orders: float32 rounding on the scale of each leaf's
+  # largest entry (gradients reach ~10 here), so atol follows that scale.
+  for a, b in zip(jax.tree.leaves((out_def, g_def)), jax.tree.leaves((out_scan, g_scan))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * max(1.0, float(np.abs(b).max())))
