@@ -3,8 +3,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
+from configs import titans_recall
 from memjax.core import memory as memory_lib
+from memjax.core import scan as scan_lib
+from memjax.hrrm import model as hrrm_model
 from memjax.hrrm import titans
 
 B, D, HID = 2, 4, 6
@@ -111,10 +115,6 @@ def test_chunk_must_divide_length():
 def test_mac_unrolled_chunks_equal_the_scan():
   """MAC's chunk loop, unrolled by default up to UNROLL_UP_TO chunks, equals the scan: logits,
   the memory state after the last chunk, and the gradients of both."""
-  from configs import titans_recall  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from memjax.core import scan as scan_lib  # pylint: disable=g-import-not-at-top
-  from memjax.hrrm import model as hrrm_model  # pylint: disable=g-import-not-at-top
   m = titans_recall.get_config("tiny").model
   lm = hrrm_model.build(m, 20)
   graphdef, params = nnx.split(lm, nnx.Param)
