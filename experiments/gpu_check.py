@@ -6,6 +6,7 @@
   python experiments/gpu_check.py --out=$OUT --stages=env,tests,sweep,bench    # lease call 1
   python experiments/gpu_check.py --out=$OUT --stages=env,jobs,paper           # lease call 2
   python experiments/gpu_check.py --smoke --out=/tmp/gc   # CPU: interpret mode, tiny sizes
+  python experiments/gpu_check.py --out=$OUT --stages=env,bypass   # issue 14, two calls
 
 The default time boxes fit one 15-minute H200 lease in two calls (about 6.5 + 5.5 minutes of
 run time after the machine's start). Each stage is time-boxed by --<stage>_budget_s: over its
@@ -23,6 +24,13 @@ after every stage, so a lease that ends early still leaves what was measured. St
          in a child process: wall time, steps/s, the yardstick (results.json).
   paper  HRSA-TRM `:paper` (32k tokens, 256/1024/2048 slots) for --paper_steps: steps/s,
          peak device memory (memory_stats), parameter count; with remat if it runs out.
+  bypass (not in the default stages) issue 14's recipe at 2,048 tokens: configs/hrsa_bypass.py
+         `:lock`, then `:mix` warm-started from it, then `:mix` again for --bypass_mix2_steps at
+         --bypass_mix2_lr, each with its yardstick (EM beyond / inside the local context,
+         adversarial, delta_zero, the LM loss against the no-memory reference). The workdirs
+         live in --bypass_dir (git-ignored, kept on a warm machine): a part whose results.json
+         is there is not run again, and one cut off by its box resumes from its last
+         checkpoint, so the stage spans two lease calls (about 9 + 8 minutes on one H200).
 """
 import dataclasses
 import importlib.util
@@ -44,13 +52,15 @@ import jax.numpy as jnp  # noqa: E402
 
 from memjax.kernels import local_attention as kernel  # noqa: E402
 
-STAGES = ("env", "tests", "sweep", "bench", "jobs", "paper")
+STAGES = ("env", "tests", "sweep", "bench", "jobs", "paper", "bypass")
+DEFAULT_STAGES = STAGES[:-1]   # bypass trains for ~17 GPU minutes: asked for by name
+BYPASS_PARTS = ("lock", "mix", "mix2")
 # design -> config of its main job (DESIGN.md); --smoke uses each one's :tiny variant.
 JOBS = {"then_recall": "configs/then_recall.py", "hrsa_retrieval": "configs/hrsa_retrieval.py",
         "titans_recall": "configs/titans_recall.py", "hrm_reasoning": "configs/hrm_reasoning.py"}
 
 _OUT = flags.DEFINE_string("out", os.environ.get("OUT"), "Output folder (default: $OUT).")
-_STAGES = flags.DEFINE_list("stages", list(STAGES), f"Stages to run, of {STAGES}.")
+_STAGES = flags.DEFINE_list("stages", list(DEFAULT_STAGES), f"Stages to run, of {STAGES}.")
 _SKIP = flags.DEFINE_list("skip", [], "Stages not to run.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "CPU end-to-end run: interpret mode, tiny sizes.")
 _TESTS_BUDGET = flags.DEFINE_integer("tests_budget_s", 100, "Time box of the tests stage.")
@@ -67,10 +77,18 @@ _JOBS_DTYPE = flags.DEFINE_enum("jobs_dtype", "float32", ["float32", "bfloat16"]
 _PAPER_STEPS = flags.DEFINE_integer("paper_steps", 300, "Steps of the :paper run.")
 _PAPER_DTYPE = flags.DEFINE_enum("paper_dtype", "bfloat16", ["float32", "bfloat16"],
                                  "train.compute_dtype of the :paper run.")
+_BYPASS_BUDGET = flags.DEFINE_integer("bypass_budget_s", 540, "Time box of the bypass stage.")
+_BYPASS_PARTS = flags.DEFINE_list("bypass_parts", list(BYPASS_PARTS),
+                                  f"Parts of the bypass recipe to run, of {BYPASS_PARTS}.")
+_BYPASS_DIR = flags.DEFINE_string("bypass_dir", str(_ROOT / "workdirs" / "bypass"),
+                                  "Workdirs of the bypass recipe, one per part.")
+_BYPASS_MIX2_STEPS = flags.DEFINE_integer("bypass_mix2_steps", 3600, "Steps of the third part.")
+_BYPASS_MIX2_LR = flags.DEFINE_float("bypass_mix2_lr", 1e-3, "Learning rate of the third part.")
 # Internal: a child process that trains one config and writes its figures (see run_job).
 _JOB = flags.DEFINE_string("job", None, "(internal) configs/x.py[:arg] to train in this process.")
 _JOB_OVERRIDES = flags.DEFINE_string("job_overrides", "{}", "(internal) JSON dotted overrides.")
 _JOB_EVAL = flags.DEFINE_bool("job_eval", True, "(internal) run the yardstick at the end.")
+_JOB_WORKDIR = flags.DEFINE_string("job_workdir", None, "(internal) workdir (default: a new one).")
 
 
 def now():
@@ -244,7 +262,7 @@ def child_main():
     for part in path:
       node = node[part]
     node[leaf] = value
-  workdir = tempfile.mkdtemp(prefix="gpu_check_")
+  workdir = _JOB_WORKDIR.value or tempfile.mkdtemp(prefix="gpu_check_")
   start = now()
   results = loop.train(config, workdir, progress=False, evaluate_at_end=_JOB_EVAL.value)
   wall = now() - start
@@ -272,9 +290,11 @@ def after_first_log(logged):
   return (s1 - s0) / (t1 - t0) if t1 > t0 else None
 
 
-def run_job(spec, overrides, timeout, evaluate=True):
+def run_job(spec, overrides, timeout, evaluate=True, workdir=None):
   cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), f"--job={spec}",
          f"--job_overrides={json.dumps(overrides)}", f"--job_eval={evaluate}"]
+  if workdir:
+    cmd.append(f"--job_workdir={workdir}")
   if _SMOKE.value:
     cmd.append("--smoke")
   start = now()
@@ -334,6 +354,47 @@ def stage_paper(budget):
   return out
 
 
+def bypass_run(part: str, bypass_dir: str):
+  """(config spec, overrides) of one part of issue 14's recipe (configs/hrsa_bypass.py)."""
+  spec = "configs/hrsa_bypass.py:" + ("tiny" if _SMOKE.value else ("lock" if part == "lock"
+                                                                    else "mix"))
+  overrides = {"train.tensorboard": False, "train.log_every": 50}
+  if part != "lock":
+    overrides["train.init_from"] = os.path.join(bypass_dir, "lock" if part == "mix" else "mix")
+  if part == "mix2":
+    overrides.update({"train.steps": _BYPASS_MIX2_STEPS.value, "train.lr": _BYPASS_MIX2_LR.value})
+  if _SMOKE.value:
+    overrides.update({"train.steps": 10, "train.warmup_steps": 2, "train.log_every": 5,
+                      "train.checkpoint_every": 5})
+  return spec, overrides
+
+
+def stage_bypass(budget):
+  """Issue 14's recipe, part after part; a part runs once its predecessor has a results.json."""
+  start, out = now(), {"dir": _BYPASS_DIR.value, "runs": {}, "skipped": []}
+  order = [p for p in BYPASS_PARTS if p in _BYPASS_PARTS.value]
+  for part in order:
+    workdir = os.path.join(_BYPASS_DIR.value, part)
+    done = os.path.join(workdir, "results.json")
+    if os.path.exists(done):   # an earlier call finished it
+      with open(done) as f:
+        out["runs"][part] = {"done_earlier": True, "results": {
+            k: v for k, v in json.load(f).items() if isinstance(v, (int, float, str))}}
+      continue
+    before = BYPASS_PARTS[BYPASS_PARTS.index(part) - 1] if part != "lock" else None
+    left = budget - (now() - start)
+    if left <= 0 or (before and not os.path.exists(
+        os.path.join(_BYPASS_DIR.value, before, "results.json"))):
+      out["skipped"].append(part)
+      continue
+    os.makedirs(workdir, exist_ok=True)
+    spec, overrides = bypass_run(part, _BYPASS_DIR.value)
+    out["runs"][part] = run_job(spec, overrides, left, workdir=workdir)
+    print(f"  bypass {part}: {out['runs'][part].get('wall_s')}", file=sys.stderr, flush=True)
+  out["seconds"] = now() - start
+  return out
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -388,6 +449,23 @@ def markdown(res) -> str:
                    f"{g(res_.get('accuracy_memory_shuffled'))} | {g(res_.get('chance'))} | "
                    f"{status} |")
     lines += [f"Skipped (time box): {j['skipped']}" if j.get("skipped") else "", ""]
+  y = res.get("bypass")
+  if y and "runs" in y:
+    keys = ("accuracy_beyond", "accuracy_beyond_memory_zeroed", "accuracy_beyond_memory_shuffled",
+            "accuracy_inside", "accuracy_adversarial", "delta_zero_beyond", "chance")
+    lines += ["## HRSA-TRM bypass recipe (issue 14)", "", f"Workdirs: {y['dir']}", "",
+              "| part | steps | wall s | " + " | ".join(keys) + " | LM loss / reference | status |",
+              "|" + "---|" * (len(keys) + 5)]
+    for part, r in y["runs"].items():
+      res_ = r.get("results", {})
+      g = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+      lm, ref = res_.get("loss_lm_heldout"), res_.get("loss_lm_heldout_reference")
+      ratio = f"{lm:.4f} / {ref:.4f} ({lm / ref:.3f})" if lm and ref else "-"
+      status = ("done earlier" if r.get("done_earlier") else "timed out" if r.get("timed_out")
+                else r.get("error", "ok"))
+      lines.append(f"| {part} | {g(r.get('steps'))} | {g(r.get('wall_s'))} | "
+                   + " | ".join(g(res_.get(k)) for k in keys) + f" | {ratio} | {status} |")
+    lines += [f"Not run: {y['skipped']}" if y.get("skipped") else "", ""]
   return "\n".join(lines)
 
 
@@ -408,6 +486,11 @@ def main(argv):
   if bad_jobs:
     print(f"error: --jobs: unknown {bad_jobs}; choose from {sorted(JOBS)}", file=sys.stderr)
     return 2
+  bad_parts = [p for p in _BYPASS_PARTS.value if p not in BYPASS_PARTS]
+  if bad_parts:
+    print(f"error: --bypass_parts: unknown {bad_parts}; choose from {list(BYPASS_PARTS)}",
+          file=sys.stderr)
+    return 2
   blocks, num_stages, length = _SWEEP_BLOCKS.value, _SWEEP_STAGES.value, _SWEEP_LENGTH.value
   if _SMOKE.value:
     blocks, num_stages, length = smoke_sizes()
@@ -421,12 +504,12 @@ def main(argv):
     with open(path) as f:
       res = {**json.load(f), **res}
   if _SMOKE.value:   # interpret mode on a shared CPU: the boxes are for a GPU, not for this
-    for name in ("tests", "sweep", "bench", "jobs", "paper"):
+    for name in ("tests", "sweep", "bench", "jobs", "paper", "bypass"):
       if not flags.FLAGS[f"{name}_budget_s"].present:
         flags.FLAGS[f"{name}_budget_s"].value = 3600
   budgets = {"tests": _TESTS_BUDGET.value, "sweep": _SWEEP_BUDGET.value,
              "bench": _BENCH_BUDGET.value, "jobs": _JOBS_BUDGET.value,
-             "paper": _PAPER_BUDGET.value}
+             "paper": _PAPER_BUDGET.value, "bypass": _BYPASS_BUDGET.value}
   for stage in STAGES:
     if stage not in stages:
       continue
@@ -451,6 +534,8 @@ def main(argv):
         res["jobs"] = stage_jobs(budgets["jobs"])
       elif stage == "paper":
         res["paper"] = stage_paper(budgets["paper"])
+      elif stage == "bypass":
+        res["bypass"] = stage_bypass(budgets["bypass"])
     except Exception as e:  # pylint: disable=broad-except  (one stage failing must not lose the rest)
       res[stage] = {"error": f"{type(e).__name__}: {e}"[:1000]}
     res.setdefault("stage_seconds", {})[stage] = now() - start

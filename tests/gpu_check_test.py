@@ -53,3 +53,21 @@ def test_smoke_every_stage(tmp_path):
     assert job.get("steps") == 10 and "accuracy" in job["results"], (name, job)
   paper = res["paper"]["tries"][0]
   assert paper["steps"] == 10 and not paper.get("timed_out"), paper
+
+
+@pytest.mark.slow   # ~2.5 min on the 2-core CPU; .ci/run's slow line runs it by name
+def test_smoke_bypass_recipe_chains_its_parts_and_resumes(tmp_path):
+  """Issue 14's recipe as the bypass stage: lock, then mix warm-started from lock, then mix2
+  from mix, each with its yardstick; a second call finds them done and runs nothing again."""
+  work = tmp_path / "w"
+  res, _ = _run(str(tmp_path / "out"), "--stages=env,bypass", f"--bypass_dir={work}")
+  runs = res["bypass"]["runs"]
+  assert list(runs) == ["lock", "mix", "mix2"] and not res["bypass"]["skipped"], res["bypass"]
+  for part, r in runs.items():
+    assert r.get("steps") == 10 and "accuracy_beyond" in r["results"], (part, r)
+    assert "loss_lm_heldout_reference" in r["results"], (part, r)
+  for part, before in (("mix", "lock"), ("mix2", "mix")):
+    with open(work / part / "config.json") as f:
+      assert json.load(f)["train"]["init_from"] == str(work / before)
+  again, _ = _run(str(tmp_path / "out2"), "--stages=bypass", f"--bypass_dir={work}")
+  assert all(r.get("done_earlier") for r in again["bypass"]["runs"].values()), again["bypass"]
