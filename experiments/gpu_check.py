@@ -356,8 +356,8 @@ def stage_paper(budget):
 
 def bypass_run(part: str, bypass_dir: str):
   """(config spec, overrides) of one part of issue 14's recipe (configs/hrsa_bypass.py)."""
-  spec = "configs/hrsa_bypass.py:" + ("tiny" if _SMOKE.value else ("lock" if part == "lock"
-                                                                    else "mix"))
+  variant = "lock" if part == "lock" else "mix"
+  spec = "configs/hrsa_bypass.py:" + ("tiny" if _SMOKE.value else variant)
   overrides = {"train.tensorboard": False, "train.log_every": 50}
   if part != "lock":
     overrides["train.init_from"] = os.path.join(bypass_dir, "lock" if part == "mix" else "mix")

@@ -2,8 +2,11 @@
 
 Autodiff's weight gradient sum_n x[n, d] g[n, h] contracts the leading (token) axis of both
 operands; XLA's CPU backend runs that transposed-operand dot up to 1.8x slower than the same
-product with x^T materialised (2.29 -> 1.26 ms for THEN's 256-wide down projection, 1024 tokens;
+product with x^T materialised (2.29 -> 1.26 ms for a [1024, 256] input and 1024 outputs;
 BUILD_NOTES issue 16). The barrier keeps XLA from folding the transpose back into the dot.
+Not for a Linear whose input is an activation (an MLP's down projection): the transposed copy
+then fuses with the activation into a strided loop slower than autodiff's own dot, so
+GatedMLP's and hrm.MLP's down projections keep lax.dot_general.
 Same values; gradients within float rounding. Reverse mode only (a custom_vjp).
 """
 import jax

@@ -30,9 +30,7 @@ class GatedMLP(nnx.Module):
               dot_general=dot_general)
     self.gate = nnx.Linear(dim, hidden, **kw)
     self.up = nnx.Linear(dim, hidden, **kw)
-    # Down's input is the activation product: dense's transposed copy of it fuses with that
-    # product into a strided loop, slower on XLA's CPU backend than autodiff's own weight-
-    # gradient dot (BUILD_NOTES issue 16, seventeenth session).
+    # Down's input is the activation product: not for dense (memjax.layers.dense).
     self.down = nnx.Linear(hidden, dim, **dict(kw, dot_general=jax.lax.dot_general))
 
   def __call__(self, x: jax.Array) -> jax.Array:

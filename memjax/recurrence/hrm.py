@@ -35,7 +35,8 @@ class MLP(nnx.Module):
 
   def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs):
     self.up = dense.Linear(dim, hidden, use_bias=False, rngs=rngs)
-    self.down = dense.Linear(hidden, dim, use_bias=False, rngs=rngs)
+    # lax.dot_general, as GatedMLP's down: its input is an activation (memjax.layers.dense).
+    self.down = nnx.Linear(hidden, dim, use_bias=False, rngs=rngs)
 
   def __call__(self, x):
     return self.down(jax.nn.gelu(self.up(x), approximate=True))

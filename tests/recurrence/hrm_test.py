@@ -142,7 +142,7 @@ def test_act_targets_follow_hrm_q_learning():
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_mlp_equals_plain_linears_forward_and_grad(dtype):
-  """hrm.MLP's Linears take memjax.layers.dense's matmul (issue 16): the same values and
+  """hrm.MLP (up on memjax.layers.dense's matmul, issue 16): the same values and
   gradients as down(gelu(up(x))) with plain nnx.Linears."""
   mlp = hrm.MLP(8, 12, rngs=nnx.Rngs(0))
   g, p = nnx.split(mlp, nnx.Param)
